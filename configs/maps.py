@@ -1,0 +1,12 @@
+"""maps paired images, 256x256, spatial shared latent (SPEC §3b, §4).
+
+  python train.py --config=configs/maps.py --workdir=runs/maps
+"""
+from configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.model = common.model_images("spatial", resolution=256, latent_resolution=8)
+  config.loss = common.loss(beta=0.02, recon_weight=20000.0, recon="l1", annealing_rate=25000.0)
+  return config

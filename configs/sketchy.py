@@ -1,0 +1,18 @@
+"""Sketchy Extended, zero-shot sketch-based image retrieval (SPEC §3a, §4, §5a).
+
+  python train.py --config=configs/sketchy.py --workdir=runs/sketchy          # split 1
+  python train.py --config=configs/sketchy.py:2 --workdir=runs/sketchy2       # split 2
+
+Needs the reference release's VGG features under data/SketchyVGG (see README).
+"""
+from configs import common
+
+
+def get_config(split="1"):
+  split = int(split)
+  if split not in (1, 2):
+    raise ValueError(f"Sketchy split must be 1 or 2, got {split}")
+  config = common.get_config()
+  config.model = common.model_features(512, 512, num_classes=100 if split == 1 else 104)
+  config.loss = common.loss(beta=0.5, recon_weight=10.0, recon="l2", annealing_rate=2000.0)
+  return config
