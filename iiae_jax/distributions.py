@@ -53,8 +53,7 @@ def kl_divergence(q: Gaussian, p: Gaussian) -> jax.Array:
 
 def kl_standard_normal(q: Gaussian) -> jax.Array:
   """KL[q || N(0, I)], summed over event dims: shape (B,)."""
-  zero = jnp.zeros((), q.mean.dtype)
-  return kl_divergence(q, Gaussian(zero, zero))
+  return kl_divergence(q, Gaussian(0.0, 0.0))
 
 
 def product_of_experts(experts: Sequence[Gaussian], prior_expert: bool = True) -> Gaussian:

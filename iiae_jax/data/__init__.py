@@ -1,0 +1,123 @@
+"""Datasets of the paper and the offline ones, behind one `load(name, split)`.
+
+    from iiae_jax import data
+    train = data.load("digits_cdcb", "train")                 # generated, no download
+    test = data.load("sketchy", "test", data_dir="/datasets")  # <data_dir>/SketchyVGG/split1/...
+
+`load` returns a `PairedData` (instance-level image pairs) or a `ZeroShotData`
+(class-level sketch/photo features); `DATASETS` lists every name.
+"""
+import os
+from typing import NamedTuple, Optional, Tuple, Union
+
+from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.offline import PALETTE, PALETTE_NAMES, colorize_pair, digits_cdcb, digits_zs
+from iiae_jax.data.sampling import (ClassIndex, class_balanced_batch, class_index,
+                                    epoch_batch_indices, random_flip, steps_per_epoch)
+from iiae_jax.data.sketchy import load_sketchy
+from iiae_jax.data.types import PairedData, ZeroShotData
+
+
+class DatasetInfo(NamedTuple):
+  """What `load` knows of a dataset: its protocol, splits and folder under data_dir."""
+  kind: str                  # 'paired' (SPEC §5b/5c) or 'zero_shot' (SPEC §5a)
+  description: str
+  splits: Tuple[str, ...]
+  folders: Tuple[str, ...]   # candidate folders under data_dir, first one found wins; () = generated
+
+
+_PAIRED_SPLITS = ("train", "valid", "test")
+
+DATASETS = {
+    "digits_cdcb": DatasetInfo(
+        "paired", "Offline MNIST-CDCB from scikit-learn's digits: coloured stroke on black / "
+                  "white digit on colour (options: resolution, seed, copies).",
+        _PAIRED_SPLITS, ()),
+    "digits_zs": DatasetInfo(
+        "zero_shot", "Offline zero-shot retrieval from scikit-learn's digits: outline sketches "
+                     "vs coloured textured photos, 7 seen / 3 unseen classes (option: seed).",
+        ("train", "test"), ()),
+    "sketchy": DatasetInfo(
+        "zero_shot", "Sketchy Extended VGG features of the IIAE release "
+                     "(options: sketchy_split, feature_dim).",
+        ("train", "test"), ("SketchyVGG",)),
+    "mnist_cdcb": DatasetInfo(
+        "paired", "MNIST-CDCB pix2pix pairs (option: resolution).",
+        _PAIRED_SPLITS, ("mnist_cdcb", "MNIST-CDCB")),
+    "facades": DatasetInfo(
+        "paired", "pix2pix Facades: facade photo / label map (option: resolution).",
+        _PAIRED_SPLITS, ("facades",)),
+    "maps": DatasetInfo(
+        "paired", "pix2pix Maps: aerial photo / map (option: resolution).",
+        _PAIRED_SPLITS, ("maps",)),
+    "cars": DatasetInfo(
+        "paired", "3D car renderings: azimuth-0 view / another view (option: resolution).",
+        ("train", "test"), ("cars",)),
+}
+
+
+def default_data_dir() -> str:
+  """$IIAE_DATA_DIR if set, else ./data."""
+  return os.environ.get("IIAE_DATA_DIR") or "data"
+
+
+def dataset_root(name: str, data_dir: Optional[str] = None) -> str:
+  """The folder of on-disk dataset `name` under data_dir; DatasetNotFoundError if absent."""
+  data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+  folders = DATASETS[name].folders
+  for folder in folders:
+    root = os.path.join(data_dir, folder)
+    if os.path.isdir(root):
+      return root
+  raise DatasetNotFoundError.for_dataset(name, os.path.join(data_dir, folders[0]))
+
+
+def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str = "files",
+         **options) -> Union[PairedData, ZeroShotData]:
+  """One split of dataset `name` (a key of DATASETS).
+
+  Args:
+    name: 'digits_cdcb' and 'digits_zs' are generated (no data_dir needed);
+      'sketchy' reads <data_dir>/SketchyVGG; 'mnist_cdcb' <data_dir>/mnist_cdcb
+      (or MNIST-CDCB, the reference's name); 'facades', 'maps' and 'cars'
+      <data_dir>/<name>.
+    split: 'train', 'valid' or 'test' (zero-shot sets and cars: 'train', 'test').
+    data_dir: the datasets' folder; default $IIAE_DATA_DIR, else ./data.
+    source: 'files' (the layouts above) or 'tfds' (prepared TFDS builders in
+      data_dir, read by `tfds_builders.load_tfds`).
+    **options: passed to the dataset's loader (see DATASETS descriptions).
+
+  Raises:
+    ValueError: an unknown name, split or source.
+    DatasetNotFoundError: the dataset's folder is missing (says what to download).
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+  info = DATASETS[name]
+  if split not in info.splits:
+    raise ValueError(f"dataset {name!r} has splits {list(info.splits)}, got {split!r}")
+  if source == "tfds":
+    from iiae_jax.data.tfds_builders import load_tfds  # pylint: disable=g-import-not-at-top
+    return load_tfds(name, split, data_dir if data_dir is not None else default_data_dir(), **options)
+  if source != "files":
+    raise ValueError(f"source must be 'files' or 'tfds', got {source!r}")
+  if name == "digits_cdcb":
+    return digits_cdcb(split, **options)
+  if name == "digits_zs":
+    return digits_zs(split, **options)
+  root = dataset_root(name, data_dir)
+  if name == "sketchy":
+    return load_sketchy(root, split, **options)
+  if name == "cars":
+    from iiae_jax.data.cars import load_cars  # pylint: disable=g-import-not-at-top
+    return load_cars(root, split, **options)
+  from iiae_jax.data.pix2pix import load_pix2pix  # pylint: disable=g-import-not-at-top
+  return load_pix2pix(root, split, name=name, **options)
+
+
+__all__ = [
+    "DATASETS", "ClassIndex", "DatasetFormatError", "DatasetInfo", "DatasetNotFoundError",
+    "PALETTE", "PALETTE_NAMES", "PairedData", "ZeroShotData", "class_balanced_batch",
+    "class_index", "colorize_pair", "dataset_root", "default_data_dir", "digits_cdcb",
+    "digits_zs", "epoch_batch_indices", "load", "load_sketchy", "random_flip", "steps_per_epoch",
+]

@@ -1,0 +1,42 @@
+"""Errors the data loaders raise, with what to download and where to put it."""
+import os
+from typing import Optional
+
+# What each on-disk dataset needs, in the words a user acts on. `{root}` is the
+# folder the loader looked in.
+DOWNLOADS = {
+    "sketchy": (
+        "Download the Sketchy Extended VGG features of the IIAE release "
+        "(http://doi.org/10.5281/zenodo.3890097) and unpack them so that "
+        "{root}/split1/train_sketch_features.npy exists: each of split1/ and "
+        "split2/ holds {{train,test}}_{{sketch,image}}_{{features,paths}}.npy."),
+    "mnist_cdcb": (
+        "Download MNIST-CDCB (https://github.com/agonzgarc/cross-domain-disen) "
+        "and place its pix2pix pair images (X left, Y right) in "
+        "{root}/{{train,valid,test}}/."),
+    "facades": (
+        "Download http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz "
+        "and unpack it so that {root}/{{train,val,test}}/*.jpg exist."),
+    "maps": (
+        "Download http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/maps.tar.gz "
+        "and unpack it so that {root}/{{train,val}}/*.jpg exist."),
+    "cars": (
+        "Download the 3D car renderings (car_NNN_mesh.mat) of the IIAE release "
+        "(http://doi.org/10.5281/zenodo.3890097) into {root}/."),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A dataset's folder or one of its files is missing; the message says how to get it."""
+
+  @classmethod
+  def for_dataset(cls, name: str, root: str, missing: Optional[str] = None) -> "DatasetNotFoundError":
+    """The error for dataset `name` expected under `root`; `missing` is the absent path."""
+    missing = missing or root
+    what = "directory" if missing == root else "file"
+    how = DOWNLOADS.get(name, "See the dataset's documentation.").format(root=os.fspath(root))
+    return cls(f"{name}: {what} not found: {missing}. {how}")
+
+
+class DatasetFormatError(ValueError):
+  """A dataset file exists but its content is not what the loader expects."""

@@ -1,0 +1,136 @@
+"""Sketchy Extended VGG features in the layout of the IIAE release (SPEC §6).
+
+    <root>/split{1,2}/{train,test}_{sketch,image}_{features,paths}.npy
+
+Features are float (N, 512); paths are strings 'class/file' whose
+second-to-last component is the class. Classes are listed in sorted order and
+labels index that list (the reference orders them by first appearance; the
+order changes no metric).
+"""
+import os
+import warnings
+from typing import List, Tuple
+
+import numpy as np
+
+from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.types import ZeroShotData
+
+# Item counts of the canonical split 1 (100 seen / 25 unseen classes). Split 2
+# (104 / 21) has no published counts here, so it is not checked.
+SPLIT1_COUNTS = {
+    ("train", "sketch"): 61058, ("test", "sketch"): 14421,
+    ("train", "image"): 58376, ("test", "image"): 14626,
+}
+
+
+def _load_features(path: str, feature_dim: int) -> np.ndarray:
+  try:
+    features = np.load(path, allow_pickle=False)
+  except ValueError as e:  # object arrays or a file that is not .npy
+    raise DatasetFormatError(f"{path}: cannot read features: {e}") from None
+  name = os.path.basename(path)
+  if features.ndim != 2 or features.shape[1] != feature_dim:
+    raise DatasetFormatError(
+        f"{path}: features must have shape (N, {feature_dim}), got {features.shape} "
+        f"(set feature_dim if {name} holds features of another width)")
+  if not np.issubdtype(features.dtype, np.number):
+    raise DatasetFormatError(f"{path}: features must be numeric, got dtype {features.dtype}")
+  features = features.astype(np.float32)
+  bad = ~np.isfinite(features)
+  if bad.any():
+    rows = np.flatnonzero(bad.any(axis=1))
+    kinds = [k for k, m in (("NaN", np.isnan(features)), ("inf", np.isinf(features))) if m.any()]
+    raise DatasetFormatError(
+        f"{path}: {int(bad.sum())} non-finite values ({' and '.join(kinds)}) "
+        f"in {len(rows)} rows, first row {int(rows[0])}")
+  return features
+
+
+def _load_paths(path: str) -> np.ndarray:
+  try:
+    paths = np.load(path, allow_pickle=False)
+  except ValueError:
+    # The reference release saved the paths as object arrays of Python strings,
+    # which only pickle can read. Pickle runs code from the file, so it is used
+    # for these string lists only, never for the (numeric) feature files.
+    try:
+      paths = np.load(path, allow_pickle=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DatasetFormatError(f"{path}: cannot read paths: {e}") from None
+  if paths.ndim != 1:
+    raise DatasetFormatError(f"{path}: paths must be one-dimensional, got shape {paths.shape}")
+  texts = [p.decode() if isinstance(p, bytes) else str(p) for p in paths.tolist()]
+  return np.array([t.replace("\\", "/") for t in texts], dtype=str)
+
+
+def class_of_path(path: str) -> str:
+  """The class of a Sketchy path: its second-to-last component."""
+  parts = path.rstrip("/").split("/")
+  if len(parts) < 2:
+    raise ValueError(f"path {path!r} has no class component ('class/file' expected)")
+  return parts[-2]
+
+
+def _domain(directory: str, split: str, domain: str, feature_dim: int,
+            check_counts: bool) -> Tuple[np.ndarray, List[str], np.ndarray]:
+  files = [os.path.join(directory, f"{split}_{domain}_{kind}.npy") for kind in ("features", "paths")]
+  for f in files:
+    if not os.path.isfile(f):
+      raise DatasetNotFoundError.for_dataset("sketchy", os.path.dirname(directory), missing=f)
+  features = _load_features(files[0], feature_dim)
+  paths = _load_paths(files[1])
+  if len(paths) != len(features):
+    raise DatasetFormatError(
+        f"{files[1]} has {len(paths)} paths but {files[0]} has {len(features)} rows")
+  if check_counts and len(features) != SPLIT1_COUNTS[(split, domain)]:
+    warnings.warn(
+        f"{files[0]} has {len(features)} items; the canonical Sketchy Extended split 1 "
+        f"has {SPLIT1_COUNTS[(split, domain)]}", stacklevel=3)
+  try:
+    classes = [class_of_path(p) for p in paths]
+  except ValueError as e:
+    raise DatasetFormatError(f"{files[1]}: {e}") from None
+  return features, classes, paths
+
+
+def load_sketchy(root: str, split: str, sketchy_split: int = 1, feature_dim: int = 512) -> ZeroShotData:
+  """Sketch and photo features of one split of Sketchy Extended.
+
+  Args:
+    root: the SketchyVGG folder (holding split1/ and split2/).
+    split: 'train' (seen classes) or 'test' (unseen classes).
+    sketchy_split: 1 (100 / 25 classes) or 2 (104 / 21 classes).
+    feature_dim: the expected feature width.
+
+  Raises:
+    DatasetNotFoundError: a missing folder or file (named, with download steps).
+    DatasetFormatError: a wrong feature width, NaN or inf in features, paths
+      and features of different lengths, or sketches and photos of different
+      classes (the file is named in the message).
+  """
+  if split not in ("train", "test"):
+    raise ValueError(f"Sketchy has splits 'train' and 'test', got {split!r}")
+  if sketchy_split not in (1, 2):
+    raise ValueError(f"sketchy_split must be 1 or 2, got {sketchy_split!r}")
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise DatasetNotFoundError.for_dataset("sketchy", root)
+  directory = os.path.join(root, f"split{sketchy_split}")
+  if not os.path.isdir(directory):
+    raise DatasetNotFoundError.for_dataset("sketchy", root, missing=directory)
+  check = sketchy_split == 1
+  sketch, sketch_classes, sketch_paths = _domain(directory, split, "sketch", feature_dim, check)
+  photo, photo_classes, photo_paths = _domain(directory, split, "image", feature_dim, check)
+  if set(sketch_classes) != set(photo_classes):
+    only = sorted(set(sketch_classes) ^ set(photo_classes))
+    raise DatasetFormatError(
+        f"{directory}: {split}_sketch_paths.npy and {split}_image_paths.npy list different "
+        f"classes; in one only: {only[:10]}")
+  classes = sorted(set(sketch_classes))
+  index = {c: i for i, c in enumerate(classes)}
+  return ZeroShotData(
+      name="sketchy", split=split,
+      sketch=sketch, sketch_labels=np.array([index[c] for c in sketch_classes], np.int32),
+      photo=photo, photo_labels=np.array([index[c] for c in photo_classes], np.int32),
+      classes=classes, sketch_paths=sketch_paths, photo_paths=photo_paths)

@@ -1,0 +1,38 @@
+"""Shared test utilities: small configs and running code on several host CPU devices."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model_config(architecture="features", shared_posterior="joint", num_classes=0):
+  """Small versions of the three SPEC §3 networks, for fast tests."""
+  if architecture == "features":
+    return ml_collections.ConfigDict(dict(
+        architecture="features", x_dim=12, y_dim=10, neef=8, nsef=8, exdim=3, shdim=4, ndf=8,
+        shared_posterior=shared_posterior, prior_expert=True, num_classes=num_classes))
+  return ml_collections.ConfigDict(dict(
+      architecture=architecture, resolution=16, channels=3, latent_resolution=4, channel_cap=8,
+      neef=4, nsef=4, exdim=3, shdim=6, ndf=4, dropout_rate=0.5,
+      shared_posterior=shared_posterior, prior_expert=True, num_classes=num_classes))
+
+
+def run_on_devices(code: str, devices: int = 8, timeout: int = 600, env=None) -> dict:
+  """Runs `code` in a fresh Python with `devices` host CPU devices; returns the JSON it prints last.
+
+  XLA's device count is fixed when jax starts, so multi-device tests need
+  their own process (the flag also slows single-device work in this one).
+  """
+  full_env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                  PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  full_env.update(env or {})
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                        text=True, timeout=timeout, env=full_env, cwd=ROOT)
+  if proc.returncode != 0:
+    raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])

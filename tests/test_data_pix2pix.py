@@ -1,0 +1,155 @@
+"""Pins the pix2pix folder loader (iiae_jax.data.pix2pix): pairing, scaling, and errors before training."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iiae_jax.data import pix2pix
+from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+
+
+def _pair_image(index: int, size: int) -> np.ndarray:
+  """A (size, 2*size, 3) pair: X = flat (20*index, 10, 200) on the left, Y = flat (30, 250 - 20*index, 90)."""
+  image = np.zeros((size, 2 * size, 3), np.uint8)
+  image[:, :size] = (20 * index, 10, 200)
+  image[:, size:] = (30, 250 - 20 * index, 90)
+  return image
+
+
+def write_pix2pix(root, splits=("train", "val", "test"), count=3, size=16, ext="png", names=None):
+  """Writes `count` pair files per split; returns {split: [paths]}."""
+  written = {}
+  for split in splits:
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    written[split] = []
+    for i in range(count):
+      name = names[i] if names else f"{i + 1}.{ext}"
+      path = os.path.join(root, split, name)
+      # 4:4:4 JPEG so that chroma does not bleed across the X|Y boundary.
+      options = {"quality": 100, "subsampling": 0} if ext == "jpg" else {}
+      Image.fromarray(_pair_image(i, size)).save(path, **options)
+      written[split].append(path)
+  return written
+
+
+def _expected(value):
+  return np.float32(value) / np.float32(127.5) - np.float32(1.0)
+
+
+def test_x_is_left_half_and_y_right_half_png(tmp_path):
+  write_pix2pix(tmp_path, count=3, size=16, ext="png")
+  data = pix2pix.load_pix2pix(str(tmp_path), "test", resolution=16, name="facades")
+  assert data.name == "facades" and data.split == "test"
+  assert len(data) == 3 and data.x.shape == (3, 16, 16, 3) and data.y.shape == (3, 16, 16, 3)
+  batch = data.batch(np.array([2, 0]))
+  assert batch["x"].dtype == np.float32 and batch["y"].dtype == np.float32
+  # Flat halves: exact colours, so X really is the left half and Y the right one.
+  np.testing.assert_array_equal(batch["x"][0], np.broadcast_to(_expected([40, 10, 200]), (16, 16, 3)))
+  np.testing.assert_array_equal(batch["y"][0], np.broadcast_to(_expected([30, 210, 90]), (16, 16, 3)))
+  np.testing.assert_array_equal(batch["x"][1], np.broadcast_to(_expected([0, 10, 200]), (16, 16, 3)))
+  assert data.x.paths == sorted(data.x.paths) and os.path.basename(data.x.paths[2]) == "3.png"
+
+
+def test_jpeg_pairs_scale_to_resolution_in_range(tmp_path):
+  write_pix2pix(tmp_path, splits=("train",), count=2, size=32, ext="jpg")
+  data = pix2pix.load_pix2pix(str(tmp_path), "train", resolution=8)
+  x, y = np.asarray(data.x), np.asarray(data.y)
+  assert x.shape == (2, 8, 8, 3) and y.shape == (2, 8, 8, 3)
+  assert x.min() >= -1 and x.max() <= 1 and y.min() >= -1 and y.max() <= 1
+  # JPEG at quality 100, 4:4:4 keeps flat colours within a few levels.
+  np.testing.assert_allclose(x[1], np.broadcast_to(_expected([20, 10, 200]), (8, 8, 3)), atol=6 / 127.5)
+  np.testing.assert_allclose(y[1], np.broadcast_to(_expected([30, 230, 90]), (8, 8, 3)), atol=6 / 127.5)
+
+
+def test_resize_averages_areas_when_shrinking():
+  image = np.zeros((4, 4, 3), np.uint8)
+  image[:2, :2] = 200  # top-left 2x2 block
+  image[0, 2] = 100
+  out = pix2pix.resize(image, 2)
+  assert out[0, 0, 0] == 200 and out[1, 1, 0] == 0 and out[0, 1, 0] == 25
+  # Enlarging repeats pixels.
+  np.testing.assert_array_equal(pix2pix.resize(image, 8)[::2, ::2], image)
+
+
+def test_valid_maps_to_val_folder_then_valid_folder(tmp_path):
+  write_pix2pix(tmp_path / "a", splits=("val",), count=2)
+  assert os.path.basename(os.path.dirname(
+      pix2pix.load_pix2pix(str(tmp_path / "a"), "valid", resolution=4).x.paths[0])) == "val"
+  write_pix2pix(tmp_path / "b", splits=("valid",), count=1)
+  assert len(pix2pix.load_pix2pix(str(tmp_path / "b"), "valid", resolution=4)) == 1
+
+
+def test_numeric_names_sort_by_number_others_by_name(tmp_path):
+  write_pix2pix(tmp_path / "n", splits=("test",), count=3, names=["10.png", "9.png", "100.png"])
+  names = [os.path.basename(p) for p in pix2pix.load_pix2pix(str(tmp_path / "n"), "test", 4).x.paths]
+  assert names == ["9.png", "10.png", "100.png"]
+  write_pix2pix(tmp_path / "s", splits=("test",), count=3, names=["b.png", "a10.png", "a9.png"])
+  names = [os.path.basename(p) for p in pix2pix.load_pix2pix(str(tmp_path / "s"), "test", 4).x.paths]
+  assert names == ["a10.png", "a9.png", "b.png"]
+
+
+def test_same_inputs_give_same_arrays_and_lazy_reader_pickles(tmp_path):
+  write_pix2pix(tmp_path, splits=("train",), count=3, ext="jpg")
+  a = pix2pix.load_pix2pix(str(tmp_path), "train", resolution=8)
+  b = pix2pix.load_pix2pix(str(tmp_path), "train", resolution=8, cache_size=0)
+  np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+  np.testing.assert_array_equal(a.y[[2, 1, 2]], b.y[np.array([2, 1, 2])])
+  np.testing.assert_array_equal(a.x[1], a.x[-2])
+  np.testing.assert_array_equal(a.x[1:3], a.x[np.array([False, True, True])])
+  restored = pickle.loads(pickle.dumps(a.y))
+  np.testing.assert_array_equal(restored[[0, 2]], a.y[[0, 2]])
+  with pytest.raises(IndexError):
+    a.x[3]
+
+
+def test_missing_directory_raises_dataset_not_found(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(DatasetNotFoundError, match="nowhere"):
+    pix2pix.load_pix2pix(missing, "train", name="facades")
+
+
+def test_missing_split_folder_is_named(tmp_path):
+  write_pix2pix(tmp_path, splits=("train",), count=1)
+  with pytest.raises(DatasetNotFoundError, match=r"test"):
+    pix2pix.load_pix2pix(str(tmp_path), "test")
+  with pytest.raises(FileNotFoundError, match=r"'valid'.*val"):
+    pix2pix.load_pix2pix(str(tmp_path), "valid")
+
+
+def test_empty_split_folder_is_named(tmp_path):
+  os.makedirs(tmp_path / "train")
+  (tmp_path / "train" / "notes.txt").write_text("not an image")
+  with pytest.raises(DatasetNotFoundError, match=r"train.*no .*images"):
+    pix2pix.load_pix2pix(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_truncated_image_raises_naming_the_file(tmp_path, ext):
+  paths = write_pix2pix(tmp_path, splits=("train",), count=3, size=64, ext=ext)["train"]
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 128, 3), np.uint8)).save(paths[1])
+  data = open(paths[1], "rb").read()
+  with open(paths[1], "wb") as f:
+    f.write(data[: len(data) // 2])
+  with pytest.raises(DatasetFormatError, match=os.path.basename(paths[1])) as info:
+    pix2pix.load_pix2pix(str(tmp_path), "train", resolution=8)
+  assert paths[1] in str(info.value)
+
+
+def test_undecodable_file_raises_naming_the_file(tmp_path):
+  write_pix2pix(tmp_path, splits=("train",), count=1)
+  bad = tmp_path / "train" / "2.jpg"
+  bad.write_bytes(b"this is not a jpeg")
+  with pytest.raises(ValueError, match=str(bad)):
+    pix2pix.load_pix2pix(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("shape, problem", [((16, 31, 3), "odd"), ((16, 48, 3), "twice the height")])
+def test_bad_pair_size_raises_naming_the_file(tmp_path, shape, problem):
+  write_pix2pix(tmp_path, splits=("train",), count=1)
+  bad = tmp_path / "train" / "7.png"
+  Image.fromarray(np.zeros(shape, np.uint8)).save(bad)
+  with pytest.raises(DatasetFormatError, match=problem) as info:
+    pix2pix.load_pix2pix(str(tmp_path), "train", verify=False)
+  assert str(bad) in str(info.value)

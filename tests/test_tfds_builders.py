@@ -1,0 +1,275 @@
+"""Every TFDS builder builds (array_record) from tiny local files and reads back equal to its direct loader.
+
+Nothing is downloaded and TensorFlow is never imported.
+"""
+import gzip
+import os
+import sys
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from iiae_jax.data import cars as cars_lib
+from iiae_jax.data import offline
+from iiae_jax.data import pix2pix
+from iiae_jax.data import tfds_builders as T
+from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from tests.test_data_cars import SIZE as CAR_SIZE, write_cars
+from tests.test_data_pix2pix import write_pix2pix
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+tfds.disable_progress_bar()
+
+QUANTUM = 1.0 / 127.5  # one uint8 step in [-1, 1]
+
+
+@pytest.fixture(autouse=True)
+def no_tensorflow():
+  """Each builder test must leave TensorFlow unimported."""
+  yield
+  assert "tensorflow" not in sys.modules
+
+
+def _arrays(data):
+  return np.asarray(data.x), np.asarray(data.y)
+
+
+# ---------------------------------------------------------------------------
+# Generated datasets.
+
+
+def test_digits_cdcb_reads_back_within_quantisation(tmp_path):
+  T.prepare("digits_cdcb", str(tmp_path), resolution=16, max_examples=6)
+  for split in ("train", "valid", "test"):
+    built = T.load_tfds("digits_cdcb", split, str(tmp_path), resolution=16, max_examples=6)
+    direct = offline.digits_cdcb(split, resolution=16)
+    assert built.name == "digits_cdcb" and len(built) == 6 and built.x.shape == (6, 16, 16, 3)
+    x, y = _arrays(built)
+    np.testing.assert_allclose(x, direct.x[:6], atol=0.5 * QUANTUM + 1e-6)
+    np.testing.assert_allclose(y, direct.y[:6], atol=0.5 * QUANTUM + 1e-6)
+    for k in ("digit", "x_color", "y_color", "image"):
+      np.testing.assert_array_equal(built.factors[k], direct.factors[k][:6])
+    assert built.factor_names["x_color"] == offline.PALETTE_NAMES
+  # The same records through plain tfds.data_source.
+  config = T.make_config("digits_cdcb", resolution=16, max_examples=6)
+  source = tfds.data_source("digits_cdcb", split="test", data_dir=str(tmp_path), download=False,
+                            builder_kwargs={"config": config})
+  record = source[4]
+  assert len(source) == 6 and record["x"].shape == (16, 16, 3) and record["x"].dtype == np.uint8
+  assert record["digit"] == offline.digits_cdcb("test").factors["digit"][4]
+
+
+def test_digits_zs_reads_back_equal(tmp_path):
+  T.prepare("digits_zs", str(tmp_path), max_examples=5)
+  for split in ("train", "test"):
+    built = T.load_tfds("digits_zs", split, str(tmp_path), max_examples=5)
+    direct = offline.digits_zs(split)
+    assert built.classes == direct.classes and built.sketch.shape == (5, direct.sketch.shape[1])
+    np.testing.assert_array_equal(np.asarray(built.sketch), direct.sketch[:5])
+    np.testing.assert_array_equal(built.photo[[4, 0]], direct.photo[[4, 0]])
+    np.testing.assert_array_equal(built.sketch_labels, direct.sketch_labels[:5])
+    np.testing.assert_array_equal(built.photo_labels, direct.photo_labels[:5])
+    np.testing.assert_array_equal(built.photo_paths, direct.photo_paths[:5])
+
+
+def test_load_tfds_refuses_unprepared_data_unless_asked(tmp_path):
+  with pytest.raises(DatasetNotFoundError, match="not prepared"):
+    T.load_tfds("digits_zs", "train", str(tmp_path), max_examples=3)
+  data = T.load_tfds("digits_zs", "train", str(tmp_path), max_examples=3, download_and_prepare=True)
+  assert len(data.sketch_labels) == 3
+  with pytest.raises(TypeError, match="unknown options"):
+    T.load_tfds("digits_zs", "train", str(tmp_path), colour="red")
+
+
+# ---------------------------------------------------------------------------
+# MNIST-CDCB from idx files.
+
+
+def _write_idx(path, array, compress):
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+  payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
+  if compress:
+    with gzip.open(path + ".gz", "wb") as f:
+      f.write(payload)
+  else:
+    with open(path, "wb") as f:
+      f.write(payload)
+
+
+def write_fake_mnist(root, num_train=12, num_test=4):
+  """Tiny MNIST idx files: image i is a bar whose length encodes i; train gzipped, test plain."""
+  os.makedirs(root, exist_ok=True)
+  for part, n, compress in (("train", num_train, True), ("test", num_test, False)):
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+      images[i, 10:18, 4:6 + i] = 255
+    labels = (np.arange(n) * 3 % 10).astype(np.uint8)
+    _write_idx(os.path.join(root, T.MNIST_FILES[(part, "images")]), images, compress)
+    _write_idx(os.path.join(root, T.MNIST_FILES[(part, "labels")]), labels, compress)
+  return root
+
+
+def test_mnist_cdcb_direct_pairs_follow_the_colouring_recipe(tmp_path):
+  mnist = write_fake_mnist(str(tmp_path / "mnist"))
+  sizes = {s: len(T.mnist_cdcb(mnist, s, resolution=28)) for s in ("train", "valid", "test")}
+  assert sizes == {"train": 10, "valid": 2, "test": 4}
+  data = T.mnist_cdcb(mnist, "valid", resolution=28, seed=3)
+  np.testing.assert_array_equal(data.factors["image"], [10, 11])
+  np.testing.assert_array_equal(data.factors["digit"], [0, 3])  # labels 3*i % 10
+  gray = np.zeros((28, 28), np.float32)
+  gray[10:18, 4:6 + 10] = 1.0
+  x, y = offline.colorize_pair(gray[None], offline.PALETTE[data.factors["x_color"][:1]],
+                               offline.PALETTE[data.factors["y_color"][:1]])
+  np.testing.assert_allclose(data.x[0], x[0], atol=1e-6)
+  np.testing.assert_allclose(data.y[0], y[0], atol=1e-6)
+
+
+def test_mnist_cdcb_builder_reads_back_within_quantisation(tmp_path):
+  mnist = write_fake_mnist(str(tmp_path / "mnist"))
+  data_dir = str(tmp_path / "tfds")
+  T.prepare("mnist_cdcb", data_dir, manual_dir=mnist, resolution=8, seed=1)
+  for split in ("train", "valid", "test"):
+    built = T.load_tfds("mnist_cdcb", split, data_dir, resolution=8, seed=1)
+    direct = T.mnist_cdcb(mnist, split, resolution=8, seed=1)
+    assert len(built) == len(direct) and built.x.shape[1:] == (8, 8, 3)
+    np.testing.assert_allclose(np.asarray(built.x), np.asarray(direct.x), atol=0.5 * QUANTUM + 1e-6)
+    np.testing.assert_allclose(np.asarray(built.y), np.asarray(direct.y), atol=0.5 * QUANTUM + 1e-6)
+    for k in ("digit", "x_color", "y_color", "image"):
+      np.testing.assert_array_equal(built.factors[k], direct.factors[k])
+
+
+def test_bad_idx_file_is_named(tmp_path):
+  mnist = write_fake_mnist(str(tmp_path / "mnist"))
+  bad = os.path.join(mnist, T.MNIST_FILES[("test", "images")])
+  with open(bad, "rb") as f:
+    data = f.read()
+  with open(bad, "wb") as f:
+    f.write(data[:-5])
+  with pytest.raises(DatasetFormatError, match=bad):
+    T.mnist_cdcb(mnist, "test")
+  os.remove(os.path.join(mnist, T.MNIST_FILES[("test", "labels")]))
+  with pytest.raises(DatasetNotFoundError, match="t10k-labels"):
+    T.mnist_cdcb(mnist, "test")
+
+
+# ---------------------------------------------------------------------------
+# pix2pix, Cars, Sketchy: manual files.
+
+
+def test_facades_from_manual_folder_equals_load_pix2pix(tmp_path):
+  manual = tmp_path / "manual"
+  write_pix2pix(manual / "facades", count=3, size=16, ext="jpg")
+  data_dir = str(tmp_path / "tfds")
+  T.prepare("facades", data_dir, manual_dir=str(manual))
+  for split in ("train", "valid", "test"):
+    built = T.load_tfds("facades", split, data_dir, resolution=8)
+    direct = pix2pix.load_pix2pix(str(manual / "facades"), split, resolution=8, name="facades")
+    bx, by = _arrays(built)
+    dx, dy = _arrays(direct)
+    np.testing.assert_array_equal(bx, dx)  # the original JPEG bytes, decoded alike
+    np.testing.assert_array_equal(by, dy)
+    assert built.x.paths == [os.path.basename(p) for p in direct.x.paths]
+  source = tfds.data_source("facades", split="train", data_dir=data_dir, download=False)
+  assert len(source) == 3 and source[0]["image"].shape == (16, 32, 3)
+
+
+def test_maps_from_manual_tarball_without_test_folder(tmp_path):
+  tree = tmp_path / "tree"
+  write_pix2pix(tree / "maps", splits=("train", "val"), count=2, size=8)
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  with tarfile.open(manual / "maps.tar.gz", "w:gz") as tar:
+    tar.add(tree / "maps", arcname="maps")
+  data_dir = str(tmp_path / "tfds")
+  T.prepare("maps", data_dir, manual_dir=str(manual))
+  built = T.load_tfds("maps", "valid", data_dir, resolution=8)
+  direct = pix2pix.load_pix2pix(str(tree / "maps"), "valid", resolution=8)
+  np.testing.assert_array_equal(np.asarray(built.y), np.asarray(direct.y))
+  with pytest.raises(ValueError, match="splits"):
+    T.load_tfds("maps", "test", data_dir)
+
+
+def test_pix2pix_builder_rejects_truncated_file_by_name(tmp_path):
+  manual = tmp_path / "manual"
+  paths = write_pix2pix(manual, splits=("train",), count=2, size=16, ext="png")["train"]
+  with open(paths[1], "rb") as f:
+    data = f.read()
+  with open(paths[1], "wb") as f:
+    f.write(data[: len(data) // 2])
+  with pytest.raises(DatasetFormatError, match=os.path.basename(paths[1])):
+    T.prepare("facades", str(tmp_path / "tfds"), manual_dir=str(manual))
+
+
+def test_cars_builder_pairs_views_like_load_cars(tmp_path):
+  manual = write_cars(tmp_path / "manual", numbers=(1, 2, 192))
+  data_dir = str(tmp_path / "tfds")
+  T.prepare("cars", data_dir, manual_dir=str(manual))
+  for split in ("train", "test"):
+    built = T.load_tfds("cars", split, data_dir, resolution=CAR_SIZE)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      direct = cars_lib.load_cars(str(manual), split, resolution=CAR_SIZE)
+    assert len(built) == len(direct)
+    for k in ("car", "elevation", "azimuth"):
+      np.testing.assert_array_equal(built.factors[k], direct.factors[k])
+    idx = np.array([0, 22, 23, len(direct) - 1])
+    np.testing.assert_array_equal(built.x[idx], direct.x[idx])
+    np.testing.assert_array_equal(built.y[idx], direct.y[idx])
+  source = tfds.data_source("cars", split="train", data_dir=data_dir, download=False)
+  assert len(source) == 2 * 96 and int(source[96 + 24 + 5]["azimuth"]) == 5
+
+
+def test_cars_builder_needs_manual_dir(tmp_path):
+  with pytest.raises(DatasetNotFoundError, match="car_NNN_mesh.mat"):
+    T.prepare("cars", str(tmp_path / "tfds"))
+
+
+def write_sketchy(root, dim=8):
+  """<root>/SketchyVGG/split1/ with 3 train and 2 test classes."""
+  directory = os.path.join(root, "SketchyVGG", "split1")
+  os.makedirs(directory)
+  rng = np.random.default_rng(0)
+  for part, classes in (("train", ["cat", "airplane", "zebra"]), ("test", ["bear", "tree"])):
+    for domain, per_class in (("sketch", 3), ("image", 2)):
+      paths = np.array([f"{c}/{c}_{i}.png" for i in range(per_class) for c in classes])
+      np.save(os.path.join(directory, f"{part}_{domain}_features.npy"), rng.random((len(paths), dim)))
+      np.save(os.path.join(directory, f"{part}_{domain}_paths.npy"), paths)
+  return os.path.join(root, "SketchyVGG")
+
+
+def test_sketchy_vgg_reads_back_equal_to_load_sketchy(tmp_path):
+  from iiae_jax.data.sketchy import load_sketchy  # pylint: disable=g-import-not-at-top
+  root = write_sketchy(str(tmp_path / "manual"))
+  data_dir = str(tmp_path / "tfds")
+  T.prepare("sketchy_vgg", data_dir, manual_dir=str(tmp_path / "manual"), feature_dim=8)
+  for split in ("train", "test"):
+    built = T.load_tfds("sketchy", split, data_dir, feature_dim=8)
+    direct = load_sketchy(root, split, feature_dim=8)
+    assert built.name == direct.name and built.classes == direct.classes
+    np.testing.assert_array_equal(np.asarray(built.sketch), direct.sketch)
+    np.testing.assert_array_equal(np.asarray(built.photo), direct.photo)
+    np.testing.assert_array_equal(built.sketch_labels, direct.sketch_labels)
+    np.testing.assert_array_equal(built.photo_labels, direct.photo_labels)
+    np.testing.assert_array_equal(built.sketch_paths, direct.sketch_paths)
+
+
+def test_data_load_reads_tfds_source(tmp_path):
+  from iiae_jax import data  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  write_pix2pix(manual, count=2, size=8)
+  T.prepare("facades", str(tmp_path), manual_dir=str(manual))
+  loaded = data.load("facades", "test", data_dir=str(tmp_path), source="tfds", resolution=8)
+  direct = pix2pix.load_pix2pix(str(manual), "test", resolution=8)
+  np.testing.assert_array_equal(loaded.x[[1, 0]], direct.x[[1, 0]])
+
+
+def test_grain_batches_a_data_source(tmp_path):
+  grain = pytest.importorskip("grain")
+  T.prepare("digits_zs", str(tmp_path), max_examples=4)
+  source = tfds.data_source("digits_zs", split="test", data_dir=str(tmp_path), download=False,
+                            builder_kwargs={"config": T.make_config("digits_zs", max_examples=4)})
+  batches = list(grain.MapDataset.source(source).map(lambda r: r["label"]).batch(4))
+  assert len(batches) == 2 and len(batches[0]) == 4
