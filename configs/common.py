@@ -31,9 +31,34 @@ def loss(beta, recon_weight, recon, annealing_rate, lam=1.0, class_weight=0.0):
       annealing_rate=annealing_rate, class_weight=class_weight))
 
 
+def data(name, **options):
+  """Which dataset, where it lives, and how it is read (see iiae_jax.data.load)."""
+  return ml_collections.ConfigDict(dict(
+      name=name, data_dir="", source="files", train_split="train", eval_split="test",
+      valid_split="", flip=False, options=ml_collections.ConfigDict(options)))
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.data = data("sketchy", sketchy_split=1, feature_dim=512)
   config.model = model_features()
   config.loss = loss(beta=0.5, recon_weight=10.0, recon="l2", annealing_rate=2000.0)
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=2e-4, b1=0.5, b2=0.999, eps=1e-8, flatten=True))
+  config.training = ml_collections.ConfigDict(dict(
+      batch_size=100,        # global, split across every device of every host
+      num_steps=0,           # 0: derive from num_epochs
+      num_epochs=10,
+      steps_per_call=1,      # optimiser steps per compiled call (lax.scan)
+      resident_data=True,    # keep the training set on the accelerator when it fits
+      log_every=100,
+      checkpoint_every=1000,
+      max_to_keep=2,
+      eval_every=0,          # 0: evaluate only at the end
+      progress_bar="auto",   # "auto" (a terminal), "on" or "off"
+  ))
+  config.evals = ml_collections.ConfigDict()
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address="", num_processes=1, process_id=0))
   return config

@@ -95,9 +95,22 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def random_flip(key: jax.Array, x: jax.Array, y: jax.Array) -> Tuple[jax.Array, jax.Array]:
   """Flips each pair (x_i, y_i) left-right together, with probability 1/2.
 
-  x and y are (B, H, W, C) image batches (the width axis is flipped).
+  x and y are (B, H, W, C) image batches (the width axis is flipped). `key` is
+  one key for the batch, or one key per example (shape (B,)), which makes the
+  flips independent of how a batch is split across devices.
   """
   if x.ndim != 4 or y.ndim != 4 or x.shape[0] != y.shape[0]:
     raise ValueError(f"random_flip expects two (B, H, W, C) batches, got {x.shape} and {y.shape}")
-  flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))[:, None, None, None]
+  if _is_key_batch(key):
+    flip = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(key)
+  else:
+    flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))
+  flip = flip[:, None, None, None]
   return jnp.where(flip, x[:, :, ::-1], x), jnp.where(flip, y[:, :, ::-1], y)
+
+
+def _is_key_batch(key) -> bool:
+  # Typed keys: one key has shape (); old-style uint32 keys: one key is (2,).
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jnp.ndim(key) == 1
+  return jnp.ndim(key) == 2

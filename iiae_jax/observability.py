@@ -1,0 +1,96 @@
+"""Where a run reports itself: JSON lines, TensorBoard event files, a progress bar or log lines."""
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, Optional
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tensorboard`.
+
+  Only process 0 writes; the other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    try:
+      from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+    except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
+      logging.warning("tensorboardX is not installed: no TensorBoard event files")
+
+  def write(self, step: int, scalars: Dict[str, float], kind: str = "train") -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "kind": kind, "time": time.time()}
+    record.update({k: _jsonable(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in scalars.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+          self._tb.add_scalar(f"{kind}/{name}", value, int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+def _jsonable(v):
+  v = float(v) if hasattr(v, "__float__") else v
+  return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+class Progress:
+  """A tqdm bar (step, steps/s, loss, ETA) on a terminal; periodic log lines otherwise."""
+
+  def __init__(self, total: int, initial: int, mode: str = "auto", enabled: bool = True):
+    use_bar = enabled and (mode == "on" or (mode == "auto" and sys.stderr.isatty()))
+    self.enabled = enabled
+    self._bar = None
+    self._total = total
+    if use_bar:
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+    self._last = initial
+
+  def update(self, step: int, scalars: Optional[Dict[str, float]] = None) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.update(step - self._last)
+      if scalars:
+        self._bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4g}",
+                              refresh=False)
+    elif scalars is not None:
+      rate = scalars.get("steps_per_sec", float("nan"))
+      eta = (self._total - step) / rate if rate and rate > 0 else float("nan")
+      logging.info("step %d/%d  loss %.5g  %.1f steps/s  ETA %s", step, self._total,
+                   scalars.get("loss", float("nan")), rate, _duration(eta))
+    self._last = step
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"

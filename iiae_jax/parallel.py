@@ -1,0 +1,77 @@
+"""Devices and hosts: the one place that knows how a global batch is laid out.
+
+A global batch of B examples is split over P processes and D local devices
+each: process p holds examples [p*B/P, (p+1)*B/P) and its local device d the
+contiguous block d of those, so global example i lives on global device
+i // (B / (P*D)). Every random draw is keyed by the global example index, so a
+run's results do not depend on P or D.
+"""
+import logging
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS = "batch"
+
+
+def initialize(distributed_config) -> None:
+  """Starts jax.distributed when `config.distributed.enabled` (multi-host runs)."""
+  if not distributed_config.get("enabled", False):
+    return
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if distributed_config.get("coordinator_address"):
+    kwargs = dict(coordinator_address=distributed_config.coordinator_address,
+                  num_processes=int(distributed_config.num_processes),
+                  process_id=int(distributed_config.process_id))
+  # With no address, JAX detects the cluster (TPU pods, SLURM, Open MPI).
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def check_batch_size(global_batch: int, field: str = "training.batch_size") -> int:
+  """The per-device batch; a clear error when the global batch does not divide."""
+  devices = jax.device_count()
+  if global_batch <= 0 or global_batch % devices:
+    raise ValueError(f"{field} = {global_batch} must be a positive multiple of the number of "
+                     f"devices ({devices} = {jax.process_count()} process(es) x "
+                     f"{jax.local_device_count()} local device(s))")
+  return global_batch // devices
+
+
+def process_slice(global_batch: int) -> slice:
+  """This process's contiguous share of a global batch."""
+  per_process = global_batch // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
+def shard_host_array(x: np.ndarray, axis: int = 0) -> np.ndarray:
+  """Reshapes axis `axis` of a process-local array into (local devices, per device)."""
+  d = jax.local_device_count()
+  shape = x.shape[:axis] + (d, x.shape[axis] // d) + x.shape[axis + 1:]
+  return np.moveaxis(x.reshape(shape), axis, 0)
+
+
+def replicate(tree: Any) -> Any:
+  """Copies a pytree of arrays onto every local device (leading axis = local devices)."""
+  return flax.jax_utils.replicate(tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first local device's copy of a replicated pytree, as host numpy arrays."""
+  return jax.tree.map(lambda a: np.asarray(a[0]), tree)
+
+
+def global_offset(per_device_batch: int) -> jax.Array:
+  """Global index of this device's first example (inside pmap over AXIS)."""
+  return jax.lax.axis_index(AXIS) * per_device_batch
