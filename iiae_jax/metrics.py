@@ -445,7 +445,7 @@ def paired_retrieval_accuracy(emb_x, emb_y, *, chunk_size: int = 1024) -> Dict[s
   scale = 2.0 ** (10 - np.frexp(peak)[1]) if peak > 0 else 1.0
   xc, nx = _centred_float32(x, mean, scale)
   yc, ny = _centred_float32(y, mean, scale)
-  y_dev, ny_dev = jnp.asarray(yc), jnp.asarray(ny)
+  y_dev, ny_dev = jax.device_put(yc), jax.device_put(ny)  # one copy (jnp.asarray may make two)
 
   rows = min(chunk_size, n)
   diag = np.empty(n, np.float32)

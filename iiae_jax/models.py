@@ -53,17 +53,50 @@ def _batch_norm(ctx: _Ctx, name=None) -> nn.BatchNorm:
                       dtype=ctx.dtype, name=name)
 
 
-def _dense(n, ctx):
+def _dense(n, ctx, before_norm=False):
+  if before_norm:
+    return PreNorm("dense", n, ctx.dtype)
   return nn.Dense(n, kernel_init=_dense_init, dtype=ctx.dtype)
 
 
-def _conv(n, ctx):
+def _conv(n, ctx, before_norm=False):
+  if before_norm:
+    return PreNorm("conv", n, ctx.dtype)
   return nn.Conv(n, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_conv_init, dtype=ctx.dtype)
 
 
-def _conv_transpose(n, ctx):
+def _conv_transpose(n, ctx, before_norm=False):
+  if before_norm:
+    return PreNorm("conv_transpose", n, ctx.dtype)
   return nn.ConvTranspose(n, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_conv_init,
                           dtype=ctx.dtype)
+
+
+class PreNorm(nn.Module):
+  """A Dense/Conv/ConvTranspose whose output is batch-normalised next.
+
+  Batch norm subtracts the batch mean, so this layer's bias has an exactly
+  zero gradient; in float32 it gets round-off instead (~1e-9), which Adam's
+  normalisation turns into steps of ±learning_rate, a random walk that makes
+  runs depend on summation order (and so on the device count). We apply the
+  exact zero (stop_gradient): the bias stays a parameter, as in the
+  reference's parameter count, and stays at its initial value of zero.
+  """
+  kind: str
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    if self.kind == "dense":
+      layer = nn.Dense(self.features, use_bias=False, kernel_init=_dense_init, dtype=self.dtype)
+    else:
+      cls = nn.Conv if self.kind == "conv" else nn.ConvTranspose
+      layer = cls(self.features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                  kernel_init=_conv_init, dtype=self.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    out = layer(h)
+    return out + jax.lax.stop_gradient(bias).astype(out.dtype)
 
 
 def _split(h: jax.Array) -> Gaussian:
@@ -110,8 +143,8 @@ class FeatureEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, v, ctx: _Ctx):
-    h = nn.leaky_relu(_batch_norm(ctx)(_dense(4 * self.width, ctx)(v)), LEAK)
-    out = Block(2 * self.latent)(_dense(2 * self.width, ctx)(h), ctx)
+    h = nn.leaky_relu(_batch_norm(ctx)(_dense(4 * self.width, ctx, before_norm=True)(v)), LEAK)
+    out = Block(2 * self.latent)(_dense(2 * self.width, ctx, before_norm=True)(h), ctx)
     return _split(out), h
 
 
@@ -122,7 +155,7 @@ class FeatureJoint(nn.Module):
 
   @nn.compact
   def __call__(self, h_x, h_y, ctx: _Ctx):
-    h = _dense(4 * self.width, ctx)(jnp.concatenate([h_x, h_y], axis=-1))
+    h = _dense(4 * self.width, ctx, before_norm=True)(jnp.concatenate([h_x, h_y], axis=-1))
     return _split(Block(2 * self.latent)(h, ctx))
 
 
@@ -134,7 +167,7 @@ class FeatureDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z_s, z_excl, ctx: _Ctx, salt: int = 0):
-    h = _dense(self.width, ctx)(jnp.concatenate([z_s, z_excl], axis=-1))
+    h = _dense(self.width, ctx, before_norm=True)(jnp.concatenate([z_s, z_excl], axis=-1))
     out = _dense(self.out_dim, ctx)(nn.relu(_batch_norm(ctx)(h)))
     return nn.relu(out) if self.output_relu else out
 
@@ -161,17 +194,20 @@ class ConvStack(nn.Module):
   """Conv(m0 w) -> Block(m1 w) -> ...: strided 4x4 convolutions halving the size.
 
   Returns the last convolution's output and its input h (after BN -> LeakyReLU).
+  `norm_after`: whether the caller batch-normalises the output.
   """
   width: int
   multipliers: Tuple[int, ...]
+  norm_after: bool = False
 
   @nn.compact
   def __call__(self, image, ctx: _Ctx):
-    out = _conv(self.multipliers[0] * self.width, ctx)(image)
+    last = len(self.multipliers) - 1
+    out = _conv(self.multipliers[0] * self.width, ctx, before_norm=last > 0 or self.norm_after)(image)
     h = image
-    for m in self.multipliers[1:]:
+    for i, m in enumerate(self.multipliers[1:], start=1):
       h = nn.leaky_relu(_batch_norm(ctx)(out), LEAK)
-      out = _conv(m * self.width, ctx)(h)
+      out = _conv(m * self.width, ctx, before_norm=i < last or self.norm_after)(h)
     return out, h
 
 
@@ -183,7 +219,7 @@ class ImageExclusiveEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, image, ctx: _Ctx):
-    out, _ = ConvStack(self.width, self.multipliers)(image, ctx)
+    out, _ = ConvStack(self.width, self.multipliers, norm_after=True)(image, ctx)
     h = nn.leaky_relu(_batch_norm(ctx)(out), LEAK)
     return _split(_dense(2 * self.latent, ctx)(h.reshape(h.shape[0], -1))), None
 
@@ -216,10 +252,10 @@ class FlatSharedEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, image, ctx: _Ctx):
-    out, _ = ConvStack(self.width, self.multipliers)(image, ctx)
+    out, _ = ConvStack(self.width, self.multipliers, norm_after=True)(image, ctx)
     h = nn.leaky_relu(_batch_norm(ctx)(out), LEAK)
     h = h.reshape(h.shape[0], -1)
-    out = Block(2 * self.latent)(_dense(2 * self.latent, ctx)(h), ctx)
+    out = Block(2 * self.latent)(_dense(2 * self.latent, ctx, before_norm=True)(h), ctx)
     return _split(out), h
 
 
@@ -229,7 +265,7 @@ class FlatJoint(nn.Module):
 
   @nn.compact
   def __call__(self, h_x, h_y, ctx: _Ctx):
-    h = _dense(2 * self.latent, ctx)(jnp.concatenate([h_x, h_y], axis=-1))
+    h = _dense(2 * self.latent, ctx, before_norm=True)(jnp.concatenate([h_x, h_y], axis=-1))
     return _split(Block(2 * self.latent)(h, ctx))
 
 
@@ -252,14 +288,14 @@ class ImageDecoder(nn.Module):
     g = self.latent_resolution
     if self.flat:
       c = self.multipliers[0] * self.width
-      h = _dense(g * g * c, ctx)(jnp.concatenate([z_s, z_excl], axis=-1))
+      h = _dense(g * g * c, ctx, before_norm=True)(jnp.concatenate([z_s, z_excl], axis=-1))
       h = nn.relu(_dropout(_batch_norm(ctx)(h), self.dropout_rate, ctx, salt))
       h = h.reshape(h.shape[0], g, g, c)
     else:
       tiled = jnp.broadcast_to(z_excl[:, None, None, :], z_s.shape[:3] + z_excl.shape[-1:])
       h = jnp.concatenate([z_s, tiled.astype(z_s.dtype)], axis=-1)
     for i, m in enumerate(self.multipliers):
-      h = _batch_norm(ctx)(_conv_transpose(m * self.width, ctx)(h))
+      h = _batch_norm(ctx)(_conv_transpose(m * self.width, ctx, before_norm=True)(h))
       if i < self.dropout_layers:
         h = _dropout(h, self.dropout_rate, ctx, salt + 1 + i)
       h = nn.relu(h)

@@ -36,3 +36,32 @@ def run_on_devices(code: str, devices: int = 8, timeout: int = 600, env=None) ->
   if proc.returncode != 0:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tiny_train_config(name="digits_cdcb", num_steps=6, batch_size=16):
+  """A real dataset config shrunk to a tiny model and a few steps."""
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  for field in ("neef", "nsef", "ndf"):
+    config.model[field] = 4
+  config.model.exdim = 2
+  config.model.shdim = 4
+  if name == "digits_cdcb":
+    config.data.options.resolution = 16
+    config.model.resolution = 16
+    config.data.flip = True
+    config.training.batch_size = batch_size
+  config.training.num_steps = num_steps
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.eval_every = 0
+  config.training.progress_bar = "off"
+  config.evals = ml_collections.ConfigDict()
+  return config
+
+
+def flat_leaves(tree) -> dict:
+  """{path: numpy array} of a pytree, for exact comparisons."""
+  import jax
+  import numpy as np
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -166,3 +166,19 @@ def test_inference_api_embeds_and_translates():
   assert one_ref.shape == (3, 16, 16, 3)
   with pytest.raises(ValueError, match="rng= .* or reference="):
     iiae_jax.translate(model, variables, x, to="y")
+
+
+def test_biases_feeding_a_batch_norm_get_exactly_zero_gradient():
+  """Their true gradient is 0 (batch norm removes the mean); round-off must not move them."""
+  model = iiae_jax.build_model(tiny_model_config("spatial"))
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), x, x)
+  grads = jax.jit(jax.grad(lambda p: iiae_jax.loss(model, {"params": p, "batch_stats": variables["batch_stats"]},
+                                                   (x, x), jax.random.key(2))[0]))(variables["params"])
+  pre_norm = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(grads)
+              if "PreNorm" in jax.tree_util.keystr(k) and k[-1].key == "bias"}
+  others = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(grads)
+            if "PreNorm" not in jax.tree_util.keystr(k) and k[-1].key == "bias"}
+  assert len(pre_norm) >= 6 and others
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in pre_norm.values())
+  assert any(float(jnp.abs(g).max()) > 0.0 for g in others.values())

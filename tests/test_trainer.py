@@ -1,0 +1,183 @@
+"""Pins the training loop: device invariance, exact resumption, faults, logs and the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from iiae_jax import checkpointing, trainer
+from tests.helpers import ROOT, flat_leaves, run_on_devices, tiny_train_config
+
+
+def _train(config, workdir, **kw):
+  return trainer.train_and_evaluate(config, str(workdir), **kw)
+
+
+def test_pmap_over_8_devices_equals_one_device(tmp_path):
+  """5 steps, batch 16, flips and dropout on: 8 host devices == 1 device (per-example randomness)."""
+  config = tiny_train_config("digits_cdcb", num_steps=5)
+  single = _train(config, tmp_path / "one")
+  result = run_on_devices(f"""
+    import json, numpy as np
+    from iiae_jax import trainer
+    from tests.helpers import tiny_train_config, flat_leaves
+    import jax
+    assert jax.device_count() == 8
+    state = trainer.train_and_evaluate(tiny_train_config("digits_cdcb", num_steps=5), {str(tmp_path / 'eight')!r})
+    np.savez({str(tmp_path / 'eight.npz')!r}, **flat_leaves(state.variables))
+    print(json.dumps({{"step": int(state.step)}}))
+  """)
+  assert result["step"] == 5 == int(single.step)
+  eight = np.load(tmp_path / "eight.npz")
+  one = flat_leaves(single.variables)
+  assert set(one) == set(eight.files)
+  assert any("batch_stats" in k for k in one)
+  for name, value in one.items():
+    np.testing.assert_allclose(eight[name], value, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_batch_that_does_not_divide_the_devices_is_a_clear_error(tmp_path):
+  result = run_on_devices(f"""
+    import json
+    from iiae_jax import trainer
+    from tests.helpers import tiny_train_config
+    try:
+      trainer.train_and_evaluate(tiny_train_config("digits_cdcb", batch_size=12), {str(tmp_path)!r})
+    except ValueError as e:
+      print(json.dumps({{"error": str(e)}}))
+  """)
+  assert "training.batch_size = 12" in result["error"] and "8" in result["error"]
+
+
+def _train_cmd(workdir, num_steps, extra=()):
+  overrides = {"model.neef": 4, "model.nsef": 4, "model.ndf": 4, "model.exdim": 2, "model.shdim": 4,
+               "training.num_steps": num_steps, "training.log_every": 2, "training.checkpoint_every": 4,
+               "training.progress_bar": "off"}
+  return ([sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_zs.py"),
+           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()] + list(extra))
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_cmd(killed, 400), env=_env(), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  ckpt_dir = killed / "checkpoints"
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
+    if steps and max(steps) >= 8:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = checkpointing.Checkpoints(str(ckpt_dir)).latest_step()
+  assert saved is not None and 8 <= saved < 400
+  config = _cli_config(num_steps=400)
+  resumed = _train(config, killed)
+  uninterrupted = _train(config, tmp_path / "straight")
+  assert int(resumed.step) == int(uninterrupted.step) == 400
+  a, b = flat_leaves(resumed), flat_leaves(uninterrupted)
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _cli_config(num_steps):
+  """The config that _train_cmd builds on the command line."""
+  from configs import digits_zs
+  config = digits_zs.get_config()
+  config.model.update(dict(neef=4, nsef=4, ndf=4, exdim=2, shdim=4))
+  config.training.update(dict(num_steps=num_steps, log_every=2, checkpoint_every=4, progress_bar="off"))
+  return config
+
+
+def test_train_py_runs_end_to_end_and_writes_checkpoint_events_and_json_log(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(_train_cmd(workdir, 6, ["--config.optimizer.learning_rate=1e-3"]),
+                        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert checkpointing.Checkpoints(str(workdir / "checkpoints")).latest_step() == 6
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  train = [r for r in records if r["kind"] == "train"]
+  assert [r["step"] for r in train] == [2, 4, 6]
+  for term in ("loss", "recon_x", "recon_y", "kl_zx", "kl_zy", "kl_zs", "kl_zs_rx", "kl_zs_ry",
+               "class", "c_t", "learning_rate", "steps_per_sec", "grad_norm"):
+    assert term in train[-1]
+  assert train[-1]["learning_rate"] == 1e-3                 # the override took effect
+  events = _read_event_scalars(workdir / "tensorboard")
+  assert {"train/loss", "train/c_t", "train/learning_rate", "train/steps_per_sec"} <= set(events)
+  assert [s for s, _ in events["train/loss"]] == [2, 4, 6]
+  saved = json.load(open(workdir / "config.json"))
+  assert saved["optimizer"]["learning_rate"] == 1e-3
+  assert "train.py" in open(workdir / "command.txt").read()
+
+
+def _read_event_scalars(folder):
+  """Parses TensorBoard event files (TFRecord framing of Event protos) without TensorFlow."""
+  from tensorboardX.proto import event_pb2
+  scalars = {}
+  for name in os.listdir(folder):
+    data = open(os.path.join(folder, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_unknown_config_field_is_an_error(tmp_path):
+  proc = subprocess.run(_train_cmd(tmp_path, 2, ["--config.training.no_such_field=3"]), env=_env(),
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "no_such_field" in proc.stderr
+
+
+def test_missing_dataset_says_what_to_download_and_where(tmp_path):
+  from configs import sketchy
+  config = sketchy.get_config()
+  config.data.data_dir = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError) as err:
+    _train(config, tmp_path / "run")
+  message = str(err.value)
+  assert "SketchyVGG" in message and "zenodo" in message
+
+
+def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_the_last_checkpoint(tmp_path):
+  config = tiny_train_config("digits_zs", num_steps=8)
+  config.training.checkpoint_every = 4
+  _train(config, tmp_path)                         # steps 0..7, checkpoints at 4 and 8
+  config.training.num_steps = 20
+  config.optimizer.learning_rate = 1e30            # blows up within a few steps
+  with pytest.raises(trainer.NumericalFault, match=r"non-finite value at step \d+ in: .*"):
+    _train(config, tmp_path, allow_config_change=True)
+  steps = checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps()
+  assert max(steps) == 8                           # nothing saved after the fault
+
+
+def test_fault_mask_names_the_offending_sources():
+  mask = (1 << trainer.FAULT_SOURCES.index("data x")) | (1 << trainer.FAULT_SOURCES.index("kl_zs"))
+  message = trainer.describe_fault(17, mask)
+  assert "step 17" in message and "data x" in message and "kl_zs" in message and "recon_y" not in message
+
+
+def test_resuming_with_a_different_config_is_refused_naming_the_fields(tmp_path):
+  config = tiny_train_config("digits_zs", num_steps=2)
+  _train(config, tmp_path)
+  config.loss.beta = 0.9
+  config.training.num_steps = 4
+  with pytest.raises(checkpointing.CheckpointError, match=r"loss.beta: 0.5 \(checkpoint\) != 0.9"):
+    _train(config, tmp_path)
+  state = _train(config, tmp_path, allow_config_change=True)
+  assert int(state.step) == 4
