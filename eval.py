@@ -1,0 +1,37 @@
+"""Evaluates a trained IIAE: python eval.py --config=configs/digits_cdcb.py --workdir=runs/digits_cdcb
+
+  --checkpoint=best|latest|STEP   which checkpoint (default latest; best falls back to latest)
+  --out=DIR                       where to write (default <workdir>/eval_<kind>_<step>/)
+
+Runs every evaluator of config.evals on its split (test by default) and writes
+results.json, index.html and the image grids. Use the same --config (and
+--config.* overrides) as for training.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best, latest or a step number.")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default <workdir>/eval_<kind>_<step>).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from iiae_jax import checkpointing, evaluation
+  from iiae_jax.data import DatasetNotFoundError
+  config_name = config_flags.get_config_filename(flags.FLAGS["config"])
+  try:
+    evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value,
+                                   config_name=config_name)
+  except (checkpointing.CheckpointError, DatasetNotFoundError, evaluation.UsageError) as e:
+    print(f"eval.py: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

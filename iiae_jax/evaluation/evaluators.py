@@ -1,0 +1,382 @@
+"""Evaluators chosen by name from the config (the big_vision pattern).
+
+    config.evals.paired_retrieval = dict(type="paired_retrieval", split="test")
+    config.evals.grid = dict(type="translation_grid", split="test", num_examples=8)
+
+Each entry `name: {type, ...}` becomes one small callable object,
+`evaluator(model, variables, step, out_dir=None) -> {"<name>/<metric>": value}`.
+Datasets are loaded once per `Datasets` and embeddings computed once per
+(variables, split, subset), so several evaluators of one split share the work.
+"""
+import logging
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from iiae_jax import input_pipeline
+from iiae_jax import metrics as metrics_lib
+from iiae_jax.data import PairedData, ZeroShotData
+from iiae_jax.evaluation import embed as embed_lib
+from iiae_jax.evaluation import grids
+
+# Fields every entry may set, with their defaults.
+COMMON_FIELDS = {
+    "type": None,
+    "split": "test",
+    "during_training": None,     # None: the type's default (true except translation_grid)
+    "max_examples": 0,           # 0: every example; else a fixed random subset of this size
+    "batch_size": embed_lib.DEFAULT_BATCH_SIZE,
+}
+
+
+def describe_dataset(data) -> Dict[str, Any]:
+  """Sizes of a loaded split, for reports."""
+  if isinstance(data, ZeroShotData):
+    return {"kind": "zero_shot", "num_sketches": int(len(data.sketch)),
+            "num_photos": int(len(data.photo)), "num_classes": int(data.num_classes)}
+  return {"kind": "paired", "num_pairs": int(len(data))}
+
+
+class Datasets:
+  """The splits of `config.data`, each loaded once (`input_pipeline.load_split`)."""
+
+  def __init__(self, config, loader: Optional[Callable[[str], Any]] = None):
+    self._loader = loader or (lambda split: input_pipeline.load_split(config, split))
+    self._cache: Dict[str, Any] = {}
+
+  def __call__(self, split: str):
+    if split not in self._cache:
+      self._cache[split] = self._loader(split)
+    return self._cache[split]
+
+  def sizes(self) -> Dict[str, Dict[str, Any]]:
+    return {split: describe_dataset(data) for split, data in sorted(self._cache.items())}
+
+
+class Embedder:
+  """Embeds splits with the current variables, remembering the results until they change."""
+
+  def __init__(self, datasets: Datasets):
+    self.datasets = datasets
+    self._owner = None
+    self._memo: Dict[tuple, Any] = {}
+
+  def _remember(self, variables, key, compute):
+    if variables is not self._owner:  # identity: new weights, new embeddings
+      self._owner, self._memo = variables, {}
+    if key not in self._memo:
+      self._memo[key] = compute()
+    return self._memo[key]
+
+  def paired(self, model, variables, split: str, *, max_examples: int = 0,
+             batch_size: int = embed_lib.DEFAULT_BATCH_SIZE) -> Tuple[PairedData, np.ndarray, Dict[str, np.ndarray]]:
+    """(data, indices, {"z_s_x", "z_s_y", "z_x", "z_y"}) for a paired split."""
+    data = self.datasets(split)
+    if not isinstance(data, PairedData):
+      raise ValueError(f"split {split!r} of {data.name} holds zero-shot (sketch/photo) data, "
+                       "not instance-level pairs")
+    idx = embed_lib.subset(len(data), max_examples)
+    emb = self._remember(variables, ("paired", split, max_examples, batch_size),
+                         lambda: embed_lib.embed_paired(model, variables, data, indices=idx,
+                                                        batch_size=batch_size))
+    return data, idx, emb
+
+  def zero_shot(self, model, variables, split: str, *, max_examples: int = 0,
+                batch_size: int = embed_lib.DEFAULT_BATCH_SIZE):
+    """(data, sketch indices, photo indices, {"sketch_z_s", "photo_z_s"})."""
+    data = self.datasets(split)
+    if not isinstance(data, ZeroShotData):
+      raise ValueError(f"split {split!r} of {data.name} holds instance-level pairs, not "
+                       "zero-shot sketch/photo data")
+    s_idx = embed_lib.subset(len(data.sketch), max_examples)
+    p_idx = embed_lib.subset(len(data.photo), max_examples, seed=1)
+    emb = self._remember(variables, ("zero_shot", split, max_examples, batch_size),
+                         lambda: embed_lib.embed_zero_shot(model, variables, data, sketch_indices=s_idx,
+                                                           photo_indices=p_idx, batch_size=batch_size))
+    return data, s_idx, p_idx, emb
+
+
+# ---------------------------------------------------------------------------
+# The evaluators
+
+EVALUATORS: Dict[str, type] = {}
+
+
+def register(cls):
+  """Class decorator: makes `cls` available as `type: cls.type_name` in config.evals."""
+  EVALUATORS[cls.type_name] = cls
+  return cls
+
+
+class Evaluator:
+  """One configured evaluation. Subclasses set type_name and FIELDS and implement `evaluate`."""
+  type_name = ""
+  FIELDS: Dict[str, Any] = {}          # type-specific fields and their defaults
+  DURING_TRAINING = True
+
+  def __init__(self, name: str, entry: Mapping[str, Any], embedder: Embedder):
+    if not name or "/" in name:
+      raise ValueError(f"evals entry name {name!r} must be non-empty and contain no '/'")
+    allowed = dict(COMMON_FIELDS, **self.FIELDS)
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+      raise ValueError(f"evals.{name} ({self.type_name}): unknown field(s) {unknown}; "
+                       f"allowed: {sorted(allowed)}")
+    self.name = name
+    self.options = {k: entry.get(k, default) for k, default in allowed.items()}
+    self.options["type"] = self.type_name
+    if self.options["during_training"] is None:
+      self.options["during_training"] = self.DURING_TRAINING
+    for field in ("max_examples", "batch_size"):
+      value = self.options[field]
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or (
+          field == "batch_size" and value == 0):
+        raise ValueError(f"evals.{name}.{field} must be a {'positive' if field == 'batch_size' else 'non-negative'} "
+                         f"integer, got {value!r}")
+    self.embedder = embedder
+    self.artifacts: List[str] = []   # files written by the last call
+    self.validate()
+
+  def validate(self) -> None:
+    """Checks the type-specific options (override)."""
+
+  @property
+  def split(self) -> str:
+    return self.options["split"]
+
+  @property
+  def during_training(self) -> bool:
+    return bool(self.options["during_training"])
+
+  def splits(self) -> Tuple[str, ...]:
+    """The splits this evaluator reads."""
+    return (self.split,)
+
+  def __call__(self, model, variables, step: int, out_dir: Optional[str] = None) -> Dict[str, float]:
+    self.artifacts = []
+    out = self.evaluate(model, variables, int(step), out_dir)
+    return {f"{self.name}/{k}": v for k, v in out.items()}
+
+  def evaluate(self, model, variables, step: int, out_dir: Optional[str]) -> Dict[str, float]:
+    raise NotImplementedError
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.name!r}, {self.options})"
+
+
+@register
+class ZeroShotRetrieval(Evaluator):
+  """SPEC §5a: sketches (r^x z_s means) retrieve photos (r^y z_s means) by cosine distance.
+
+  Reports map_all, and per K: precision@K, map@K (the usual mAP@K: divided by
+  the relevant items in the top K) and map@K_reference (the reference release's:
+  divided by K), plus num_queries and queries_without_relevant.
+  """
+  type_name = "zs_retrieval"
+  FIELDS = {"ks": (100,)}
+
+  def validate(self):
+    ks = self.options["ks"]
+    ks = (ks,) if np.ndim(ks) == 0 else tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0 for k in ks):
+      raise ValueError(f"evals.{self.name}.ks must hold positive integers, got {self.options['ks']!r}")
+    self.options["ks"] = tuple(int(k) for k in ks)
+
+  def evaluate(self, model, variables, step, out_dir):
+    data, s_idx, p_idx, emb = self.embedder.zero_shot(
+        model, variables, self.split, max_examples=self.options["max_examples"],
+        batch_size=self.options["batch_size"])
+    return metrics_lib.zero_shot_retrieval(emb["sketch_z_s"], data.sketch_labels[s_idx],
+                                           emb["photo_z_s"], data.photo_labels[p_idx],
+                                           ks=self.options["ks"])
+
+
+@register
+class PairedRetrieval(Evaluator):
+  """SPEC §5b: nearest-neighbour retrieval of each pair's partner.
+
+  shared_*: by the shared means (r^x vs r^y z_s); exclusive_*: by the
+  exclusive means (q z_x vs q z_y), which should be near chance (1 / num_pairs).
+  Accuracies are fractions; *_hits are counts (SPEC §4 model selection keeps
+  the best shared accuracy among checkpoints with exclusive hits <= 1 each).
+  """
+  type_name = "paired_retrieval"
+
+  def evaluate(self, model, variables, step, out_dir):
+    _, _, emb = self.embedder.paired(model, variables, self.split, max_examples=self.options["max_examples"],
+                                     batch_size=self.options["batch_size"])
+    shared = metrics_lib.paired_retrieval_accuracy(emb["z_s_x"], emb["z_s_y"])
+    exclusive = metrics_lib.paired_retrieval_accuracy(emb["z_x"], emb["z_y"])
+    n = shared["num_pairs"]
+    hits = lambda fraction: int(round(fraction * n))
+    return {
+        "shared_x_to_y": shared["x_to_y"], "shared_y_to_x": shared["y_to_x"],
+        "exclusive_x_to_y": exclusive["x_to_y"], "exclusive_y_to_x": exclusive["y_to_x"],
+        "shared_x_to_y_hits": hits(shared["x_to_y"]), "shared_y_to_x_hits": hits(shared["y_to_x"]),
+        "exclusive_x_to_y_hits": hits(exclusive["x_to_y"]),
+        "exclusive_y_to_x_hits": hits(exclusive["y_to_x"]),
+        "num_pairs": int(n), "chance": 1.0 / n,
+    }
+
+
+@register
+class Disentanglement(Evaluator):
+  """Linear probes of the known factors from each latent (`metrics.disentanglement`).
+
+  Probes are fitted on `train_split` and scored on `split`; when the two are the
+  same split (validation during training), they are fitted on its even-numbered
+  examples and scored on the odd-numbered ones. Keys: "<latent>/<factor>" and
+  "<latent>/<factor>_chance" (the most frequent test label's frequency).
+  """
+  type_name = "disentanglement"
+  FIELDS = {"train_split": "train", "factor_names": (), "latents": ("z_s_x", "z_x", "z_y"), "l2": 1e-3}
+
+  def validate(self):
+    latents = tuple(self.options["latents"])
+    unknown = [z for z in latents if z not in embed_lib.PAIRED_EMBEDDINGS]
+    if not latents or unknown:
+      raise ValueError(f"evals.{self.name}.latents must be a non-empty subset of "
+                       f"{list(embed_lib.PAIRED_EMBEDDINGS)}, got {list(latents)}")
+    self.options["latents"] = latents
+    names = self.options["factor_names"]
+    self.options["factor_names"] = (names,) if isinstance(names, str) else tuple(names)
+
+  def splits(self):
+    return tuple(dict.fromkeys((self.options["train_split"], self.split)))
+
+  def _factors(self, data: PairedData) -> Tuple[str, ...]:
+    names = self.options["factor_names"] or tuple(data.factor_names) or tuple(data.factors)
+    missing = [f for f in names if f not in data.factors]
+    if missing or not names:
+      raise ValueError(f"evals.{self.name}: factors {missing or '(none)'} are not known for "
+                       f"{data.name}/{data.split}; known factors: {sorted(data.factors)}")
+    return names
+
+  def evaluate(self, model, variables, step, out_dir):
+    get = lambda split: self.embedder.paired(model, variables, split, max_examples=self.options["max_examples"],
+                                             batch_size=self.options["batch_size"])
+    test_data, test_idx, test_emb = get(self.split)
+    if self.options["train_split"] == self.split:
+      fit, score = slice(0, None, 2), slice(1, None, 2)
+      train_data, train_idx, train_emb = test_data, test_idx[fit], {k: v[fit] for k, v in test_emb.items()}
+      test_idx, test_emb = test_idx[score], {k: v[score] for k, v in test_emb.items()}
+    else:
+      train_data, train_idx, train_emb = get(self.options["train_split"])
+    names = self._factors(test_data)
+    self._factors(train_data)
+    latents = {z: (train_emb[z], test_emb[z]) for z in self.options["latents"]}
+    factors = {f: (train_data.factors[f][train_idx], test_data.factors[f][test_idx]) for f in names}
+    return metrics_lib.disentanglement(latents, factors, l2=float(self.options["l2"]))
+
+
+@register
+class TranslationGrid(Evaluator):
+  """SPEC §5c: reconstructions, X->Y / Y->X translations, style transfer and analogies.
+
+  Uses the first `num_examples` pairs of the split and `num_samples` random
+  exclusive codes (from `seed`). With an output directory it writes one PNG per
+  grid into <out_dir>/<name>/. Reports the pixel MAE of the reconstructions and
+  of the paired translations, and the number of images written.
+  """
+  type_name = "translation_grid"
+  FIELDS = {"num_examples": 8, "num_samples": 4, "seed": 0}
+  DURING_TRAINING = False
+
+  def validate(self):
+    for field, low in (("num_examples", 1), ("num_samples", 0)):
+      value = self.options[field]
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"evals.{self.name}.{field} must be an integer >= {low}, got {value!r}")
+
+  def evaluate(self, model, variables, step, out_dir):
+    if model.architecture == "features":
+      raise ValueError(f"evals.{self.name}: translation_grid draws images; the model is a "
+                       "feature-vector model (model.architecture = 'features')")
+    data = self.embedder.datasets(self.split)
+    if not isinstance(data, PairedData):
+      raise ValueError(f"evals.{self.name}: translation_grid needs paired images; "
+                       f"{data.name}/{self.split} is zero-shot data")
+    idx = np.arange(min(int(self.options["num_examples"]), len(data)))
+    x, y = np.asarray(data.x[idx], np.float32), np.asarray(data.y[idx], np.float32)
+    panels = grids.make_panels(model, variables, x, y, num_samples=int(self.options["num_samples"]),
+                               seed=int(self.options["seed"]))
+    out = grids.translation_errors(panels, x, y)
+    written = {}
+    if out_dir is not None:
+      written = grids.write_grids(os.path.join(out_dir, self.name), grids.grid_layouts(panels, x, y))
+      self.artifacts = list(written.values())
+    out.update(images_written=len(written), num_examples=int(idx.size))
+    return out
+
+
+def make_evaluator(name: str, entry: Mapping[str, Any], embedder: Embedder) -> Evaluator:
+  """The evaluator that `config.evals.<name> = entry` describes."""
+  entry = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
+  kind = entry.get("type")
+  if kind not in EVALUATORS:
+    raise ValueError(f"evals.{name}.type is {kind!r}; known evaluator types: {sorted(EVALUATORS)}")
+  return EVALUATORS[kind](name, entry, embedder)
+
+
+class EvaluationSuite:
+  """Every evaluator of config.evals (or those that run during training), sharing data."""
+
+  def __init__(self, evaluators: Sequence[Evaluator], datasets: Datasets):
+    self.evaluators = list(evaluators)
+    self.datasets = datasets
+
+  @classmethod
+  def from_config(cls, config, *, training: bool = False, datasets: Optional[Datasets] = None):
+    """With training=True: only entries with during_training, on data.valid_split when set."""
+    datasets = datasets or Datasets(config)
+    embedder = Embedder(datasets)
+    valid = config.data.get("valid_split", "") if training else ""
+    evaluators = []
+    for name, entry in (config.get("evals") or {}).items():
+      evaluator = make_evaluator(name, entry, embedder)
+      if training and not evaluator.during_training:
+        continue
+      if valid:
+        evaluator.options["split"] = valid
+      evaluators.append(evaluator)
+    return cls(evaluators, datasets)
+
+  def __call__(self, model, variables, step: int, out_dir: Optional[str] = None) -> Dict[str, Any]:
+    results = {}
+    for evaluator in self.evaluators:
+      results.update(evaluator(model, variables, step, out_dir))
+    return results
+
+  @property
+  def artifacts(self) -> List[str]:
+    return [path for e in self.evaluators for path in e.artifacts]
+
+
+def training_evaluator(config, workdir: str, *, datasets: Optional[Datasets] = None
+                       ) -> Optional[Callable[[Any, Any, int], Dict[str, Any]]]:
+  """The `evaluate(model, variables, step)` that trainer.train_and_evaluate calls.
+
+  None when config.evals is empty or no entry runs during training. Entries run
+  on config.data.valid_split when it is set (SPEC §4: select on validation),
+  else on their own split; images (translation_grid with during_training=True)
+  go to <workdir>/eval_during_training/step_<step>/.
+  """
+  if not config.get("evals"):
+    return None
+  suite = EvaluationSuite.from_config(config, training=True, datasets=datasets)
+  if not suite.evaluators:
+    return None
+  logging.info("evaluating during training: %s", ", ".join(
+      f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators))
+  writes = any(isinstance(e, TranslationGrid) for e in suite.evaluators)
+
+  def evaluate(model, variables, step):
+    from iiae_jax import parallel  # pylint: disable=g-import-not-at-top
+    out_dir = None
+    if writes and parallel.is_main_process():
+      out_dir = os.path.join(workdir, "eval_during_training", f"step_{int(step)}")
+    return suite(model, variables, step, out_dir)
+
+  evaluate.suite = suite
+  return evaluate

@@ -1,0 +1,293 @@
+"""Evaluating a saved checkpoint: restore, run every evaluator, write a report.
+
+`evaluate_checkpoint` is what `eval.py` calls. It reads <workdir>/best or
+<workdir>/checkpoints, never writes there, and writes only into its output
+directory: results.json, index.html and the evaluators' images.
+"""
+import datetime
+import html
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iiae_jax import checkpointing
+from iiae_jax import models
+from iiae_jax import trainer
+from iiae_jax.evaluation import evaluators as evaluators_lib
+from iiae_jax.evaluation import grids
+
+RESULTS_SCHEMA_VERSION = 1
+
+# How the zero-shot metrics are defined (SPEC §5a), for the report's legend.
+METRIC_LEGEND = {
+    "map_all": "mean average precision over the whole ranked gallery",
+    "precision@K": "fraction of relevant photos among the top K",
+    "map@K": "mAP@K, usual definition: sum of prec_i rel_i over the top K / relevant items in the top K",
+    "map@K_reference": "mAP@K as the reference release computes it: sum of prec_i rel_i over the top K / K",
+    "shared_x_to_y": "paired retrieval accuracy (fraction) by the shared means r^x(z_s|x) -> r^y(z_s|y)",
+    "exclusive_x_to_y": "paired retrieval accuracy by the exclusive means q(z_x|x) -> q(z_y|y); near chance is good",
+}
+
+
+class UsageError(ValueError):
+  """A request eval.py cannot serve as asked (a bad --checkpoint or --out)."""
+
+
+def parse_checkpoint(checkpoint: Union[str, int]) -> Tuple[str, Optional[int]]:
+  """'best' | 'latest' | a step -> (kind, step or None)."""
+  if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, bool):
+    return "step", int(checkpoint)
+  text = str(checkpoint).strip().lower()
+  if text in ("best", "latest"):
+    return text, None
+  if text.isdigit():
+    return "step", int(text)
+  raise UsageError(f"checkpoint must be 'best', 'latest' or a step number, got {checkpoint!r}")
+
+
+def describe_config(config) -> str:
+  """A short name for a config that came without a file name."""
+  return (f"<config: data.name={config.data.get('name')}, "
+          f"model.architecture={config.model.get('architecture')}>")
+
+
+def abstract_train_state(config, model):
+  """The shapes and dtypes of `trainer.create_train_state` for this config, without compiling it."""
+  optimizer = trainer.make_optimizer(config.optimizer)
+  x_shape, y_shape = models.input_shapes(config.model)
+  return jax.eval_shape(lambda: trainer.create_train_state(
+      config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape)))
+
+
+def _step_dirs(directory: str):
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _model_differences(saved_flat: Dict[str, Any], config) -> str:
+  if not saved_flat:  # best checkpoints and damaged metadata carry no config
+    return ""
+  current = trainer.flatten_config(config)
+  diffs = [(f, a, b) for f, a, b in trainer.config_differences(saved_flat, current)
+           if f.startswith("model.")]
+  if not diffs:
+    return ""
+  return "\nModel fields that differ:\n" + "\n".join(
+      f"  {f}: {a!r} (checkpoint) != {b!r} (config)" for f, a, b in diffs)
+
+
+def _shorten(text: str, width: int = 400) -> str:
+  """Each line of `text` cut to `width` characters (orbax lists every array in its errors)."""
+  return "\n".join(line if len(line) <= width else line[:width] + " ..." for line in text.splitlines())
+
+
+def _shape_mismatches(restored, template):
+  """[(path, restored shape, expected shape)] where a restored array does not fit the template."""
+  got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(restored)}
+  want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(template)}
+  out = [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+  return out
+
+
+def restore_for_evaluation(config, workdir: str, checkpoint: Union[str, int] = "latest", *,
+                           config_name: Optional[str] = None, echo: Callable[[str], None] = print):
+  """Restores the variables of a checkpoint of `workdir` that fits `config`.
+
+  Returns (model, variables, info) with info = {"requested", "kind", "step",
+  "path", "fell_back", "note"}. `best` without a best checkpoint falls back
+  to the latest (with a note through `echo`).
+
+  Raises:
+    checkpointing.CheckpointError: no such checkpoint, or one made with
+      another config; the message names the checkpoint path and the config.
+  """
+  config_name = config_name or describe_config(config)
+  workdir = os.path.abspath(workdir)
+  kind, step = parse_checkpoint(checkpoint)
+  info = {"requested": str(checkpoint), "kind": kind, "step": step, "fell_back": False, "note": ""}
+  directory = os.path.join(workdir, "checkpoints")
+  if kind == "best":
+    best = os.path.join(workdir, "best")
+    if _step_dirs(best):
+      directory = best
+    else:
+      info.update(kind="latest", fell_back=True,
+                  note=f"no best checkpoint in {best} (it is kept only when a paired_retrieval "
+                       "evaluator ran during training); evaluating the latest checkpoint instead")
+      echo("note: " + info["note"])
+  steps = _step_dirs(directory)
+  if not steps:
+    raise checkpointing.CheckpointError(
+        f"no checkpoint in {directory} to evaluate with config {config_name} "
+        f"(train first: python train.py --config=... --workdir={workdir})")
+  if step is not None and step not in steps:
+    raise checkpointing.CheckpointError(
+        f"no checkpoint {os.path.join(directory, str(step))} to evaluate with config {config_name}; "
+        f"steps available in {directory}: {steps}")
+
+  model = models.build_model(config.model)
+  template = abstract_train_state(config, model)
+  path = os.path.join(directory, str(step if step is not None else steps[-1]))
+  checkpoints = checkpointing.Checkpoints(directory, max_to_keep=None)  # never deletes: nothing is saved
+  try:
+    try:
+      state, meta, restored_step = checkpoints.restore(template, step)
+    except checkpointing.CheckpointError as e:
+      saved = {}
+      try:
+        saved = checkpoints.read_meta(step if step is not None else steps[-1]).get("config", {})
+      except Exception:  # pylint: disable=broad-except  # the meta may be as damaged as the state
+        pass
+      raise checkpointing.CheckpointError(
+          f"checkpoint {path} cannot be evaluated with config {config_name} (was it made with "
+          f"another config, or another version of the model code?): {_shorten(str(e))}"
+          f"{_model_differences(saved, config)}") from e
+  finally:
+    checkpoints.close()
+  path = os.path.join(directory, str(restored_step))
+  # Orbax restores arrays in their saved shapes even when the template's differ.
+  mismatched = _shape_mismatches(state, template)
+  if mismatched:
+    listed = "\n".join(f"  {k}: {a} (checkpoint) != {b} (config)" for k, a, b in mismatched[:10])
+    more = f"\n  ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
+    raise checkpointing.CheckpointError(
+        f"checkpoint {path} was made with another config than {config_name}: array shapes differ:\n"
+        f"{listed}{more}{_model_differences(meta.get('config', {}), config)}")
+  info.update(step=int(restored_step), path=path)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return model, variables, info
+
+
+def default_out_dir(workdir: str, info: Dict[str, Any]) -> str:
+  return os.path.join(os.path.abspath(workdir), f"eval_{info['kind']}_{info['step']}")
+
+
+def _check_out_dir(out_dir: str, workdir: str) -> None:
+  out_dir, workdir = os.path.realpath(out_dir), os.path.realpath(workdir)
+  protected = [workdir] + [os.path.join(workdir, d) for d in ("checkpoints", "best")]
+  for p in protected:
+    if out_dir == p or (p != workdir and out_dir.startswith(p + os.sep)):
+      raise UsageError(f"--out={out_dir} would write into the run's own folder {p}; "
+                       "choose a separate output directory")
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    value = float(value)
+    return value if math.isfinite(value) else None  # strict JSON has no NaN
+  return value
+
+
+def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "latest",
+                        out_dir: Optional[str] = None, *, config_name: Optional[str] = None,
+                        datasets: Optional[evaluators_lib.Datasets] = None,
+                        echo: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+  """Evaluates one checkpoint of `workdir` with every evaluator of config.evals.
+
+  Each evaluator runs on its own split (the test split by default). Writes
+  results.json, index.html and the image grids into `out_dir` (default
+  <workdir>/eval_<kind>_<step>/, kind = best | latest | step), overwriting
+  only those files, and prints a table of the metrics through `echo`
+  (None: silent). Returns the content of results.json.
+  """
+  echo = echo or (lambda _: None)
+  config_name = config_name or describe_config(config)
+  if out_dir:
+    _check_out_dir(out_dir, workdir)
+  model, variables, info = restore_for_evaluation(config, workdir, checkpoint, config_name=config_name,
+                                                  echo=echo)
+  out_dir = os.path.abspath(out_dir) if out_dir else default_out_dir(workdir, info)
+  os.makedirs(out_dir, exist_ok=True)
+  suite = evaluators_lib.EvaluationSuite.from_config(config, training=False, datasets=datasets)
+  if not suite.evaluators:
+    echo(f"note: config {config_name} has no evals entries; nothing to evaluate")
+  metrics = suite(model, variables, info["step"], out_dir)
+  results = {
+      "schema_version": RESULTS_SCHEMA_VERSION,
+      "config": {"name": config_name, "dataset": config.data.get("name"),
+                 "architecture": config.model.get("architecture"),
+                 "evals": {e.name: dict(e.options) for e in suite.evaluators}},
+      "workdir": os.path.abspath(workdir),
+      "checkpoint": info,
+      "datasets": suite.datasets.sizes(),
+      "metrics": metrics,
+      "artifacts": [os.path.relpath(p, out_dir) for p in suite.artifacts],
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  results = _jsonable(results)
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2, sort_keys=False)
+  with open(os.path.join(out_dir, "index.html"), "w") as f:
+    f.write(render_html(results))
+  echo(format_table(results))
+  echo(f"wrote {os.path.join(out_dir, 'results.json')} and {os.path.join(out_dir, 'index.html')}")
+  return results
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return "nan"
+  if isinstance(value, float):
+    return f"{value:.4f}"
+  return str(value)
+
+
+def format_table(results: Dict[str, Any]) -> str:
+  """A plain-text table of the metrics, under one header line."""
+  ck = results["checkpoint"]
+  lines = [f"{results['config']['name']}  checkpoint {ck['kind']} step {ck['step']}  ({ck['path']})"]
+  width = max([len(k) for k in results["metrics"]] + [6])
+  lines += [f"  {k:<{width}}  {_fmt(v)}" for k, v in results["metrics"].items()]
+  return "\n".join(lines)
+
+
+def render_html(results: Dict[str, Any]) -> str:
+  """index.html: the run, the metric table and every image grid with its caption."""
+  e = html.escape
+  ck = results["checkpoint"]
+  rows = "\n".join(f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>" for k, v in results["metrics"].items())
+  data_rows = "\n".join(f"<tr><td>{e(s)}</td><td>{e(json.dumps(d))}</td></tr>"
+                        for s, d in results["datasets"].items())
+  legend = "\n".join(f"<li><code>{e(k)}</code>: {e(v)}</li>" for k, v in METRIC_LEGEND.items())
+  figures = []
+  for path in results["artifacts"]:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    caption = grids.GRID_DESCRIPTIONS.get(stem, "")
+    figures.append(f'<figure><figcaption><b>{e(path)}</b> {e(caption)}</figcaption>'
+                   f'<img src="{e(path)}" alt="{e(stem)}" style="image-rendering: pixelated; '
+                   f'max-width: 100%"></figure>')
+  note = f"<p><i>{e(ck['note'])}</i></p>" if ck.get("note") else ""
+  return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>IIAE evaluation: {e(str(results['config']['name']))}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:2px 8px}} figure{{margin:1.5em 0}}</style></head>
+<body>
+<h1>IIAE evaluation</h1>
+<p>Config <code>{e(str(results['config']['name']))}</code>, dataset <code>{e(str(results['config']['dataset']))}</code>;
+checkpoint <code>{e(str(ck['path']))}</code> ({e(ck['kind'])}, step {e(str(ck['step']))}); {e(results['date'])}.</p>
+{note}
+<h2>Metrics</h2>
+<table>
+<tr><th>metric</th><th>value</th></tr>
+{rows}
+</table>
+<ul>{legend}</ul>
+<h2>Datasets</h2>
+<table>{data_rows}</table>
+<h2>Images</h2>
+{''.join(figures) if figures else '<p>No images.</p>'}
+</body></html>
+"""

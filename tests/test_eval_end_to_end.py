@@ -1,0 +1,161 @@
+"""Train briefly with trainer.train_and_evaluate, then run `python eval.py` on the run.
+
+Tiny models (config overrides in a config file of the test's own), tens of
+steps: the point is the plumbing from the config's evals to results.json,
+the PNG grids and index.html, not the numbers.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from PIL import Image
+
+from iiae_jax import evaluation, trainer
+from iiae_jax.evaluation import grids
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+CDCB_CONFIG = """
+from configs import digits_cdcb
+
+def get_config():
+  config = digits_cdcb.get_config()
+  config.data.options.resolution = 16
+  config.data.options.copies = 1
+  config.model.resolution = 16
+  config.model.latent_resolution = 4
+  for field in ("neef", "nsef", "ndf"):
+    config.model[field] = 8
+  config.model.exdim = 4
+  config.training.batch_size = 8
+  config.training.num_steps = 20
+  config.training.log_every = 10
+  config.training.checkpoint_every = 10
+  config.training.eval_every = 10
+  config.training.progress_bar = "off"
+  config.evals.translation_grid.num_examples = 4
+  config.evals.translation_grid.num_samples = 2
+  return config
+"""
+
+ZS_CONFIG = """
+from configs import digits_zs
+
+def get_config():
+  config = digits_zs.get_config()
+  for field in ("neef", "nsef", "ndf"):
+    config.model[field] = 8
+  config.model.exdim = 4
+  config.model.shdim = 4
+  config.training.num_steps = 20
+  config.training.log_every = 10
+  config.training.checkpoint_every = 10
+  config.training.progress_bar = "off"
+  return config
+"""
+
+
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location("tiny_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _train(tmp_path, source):
+  config_path = tmp_path / "tiny_config.py"
+  config_path.write_text(textwrap.dedent(source))
+  config = _load_config(str(config_path))
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, str(workdir),
+                             evaluate=evaluation.training_evaluator(config, str(workdir)))
+  return config, str(config_path), workdir
+
+
+def _eval(config_path, workdir, *flags):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--config={config_path}",
+                         f"--workdir={workdir}", *flags], capture_output=True, text=True, env=env,
+                        cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return proc.stdout
+
+
+def _files(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_digits_cdcb_train_then_eval_py_writes_every_metric_grid_and_the_index(tmp_path):
+  config, config_path, workdir = _train(tmp_path, CDCB_CONFIG)
+  checkpoints_before = _files(workdir / "checkpoints")
+  has_best = bool(os.listdir(workdir / "best"))
+  stdout = _eval(config_path, workdir, "--checkpoint=best")
+  kind = "best" if has_best else "latest"
+  step = int(os.listdir(workdir / "best")[0]) if has_best else 20
+  out = workdir / f"eval_{kind}_{step}"
+  results = json.loads((out / "results.json").read_text())
+
+  assert results["config"]["name"] == config_path and results["config"]["dataset"] == "digits_cdcb"
+  assert results["checkpoint"]["kind"] == kind and results["checkpoint"]["step"] == step
+  assert results["checkpoint"]["fell_back"] == (not has_best)
+  assert results["datasets"] == {"test": {"kind": "paired", "num_pairs": 359},
+                                 "valid": {"kind": "paired", "num_pairs": 180}}
+  paired = {"shared_x_to_y", "shared_y_to_x", "exclusive_x_to_y", "exclusive_y_to_x",
+            "shared_x_to_y_hits", "shared_y_to_x_hits", "exclusive_x_to_y_hits", "exclusive_y_to_x_hits",
+            "num_pairs", "chance"}
+  probes = {f"{z}/{f}{s}" for z in ("z_s_x", "z_x", "z_y") for f in ("digit", "x_color", "y_color")
+            for s in ("", "_chance")}
+  grid = {"recon_mae_x", "recon_mae_y", "translation_mae_x_to_y", "translation_mae_y_to_x",
+          "images_written", "num_examples"}
+  expected = ({f"paired_retrieval/{k}" for k in paired} | {f"disentanglement/{k}" for k in probes}
+              | {f"translation_grid/{k}" for k in grid})
+  assert set(results["metrics"]) == expected
+  assert results["metrics"]["paired_retrieval/num_pairs"] == 359
+  assert all(0.0 <= results["metrics"][f"paired_retrieval/{k}"] <= 1.0
+             for k in paired if not k.endswith("hits") and k != "num_pairs")
+  assert "paired_retrieval/shared_x_to_y" in stdout                 # the printed table
+
+  n, s = 4, 2
+  size = lambda rows, cols: grids.grid_size(rows, cols, 16, 16)
+  sizes = {"reconstruction": size(n, 4), "translation_x_to_y": size(n, 2 + s),
+           "translation_y_to_x": size(n, 2 + s), "style_transfer_x_to_y": size(n + 1, n + 1),
+           "style_transfer_y_to_x": size(n + 1, n + 1), "analogy_x": size(n + 1, n + 1),
+           "analogy_y": size(n + 1, n + 1)}
+  assert sorted(results["artifacts"]) == sorted(f"translation_grid/{k}.png" for k in sizes)
+  assert results["metrics"]["translation_grid/images_written"] == len(sizes)
+  index = (out / "index.html").read_text()
+  for name, (h, w) in sizes.items():
+    with Image.open(out / "translation_grid" / f"{name}.png") as im:
+      im.load()
+      assert im.size == (w, h), name
+    assert f'src="translation_grid/{name}.png"' in index
+  assert "paired_retrieval/exclusive_x_to_y_hits" in index
+  assert _files(workdir / "checkpoints") == checkpoints_before     # the run is untouched
+
+
+def test_digits_zs_train_then_eval_py_reports_zero_shot_retrieval(tmp_path):
+  config, config_path, workdir = _train(tmp_path, ZS_CONFIG)
+  stdout = _eval(config_path, workdir, "--checkpoint=best", f"--out={tmp_path / 'report'}")
+  assert "no best checkpoint" in stdout                              # zero-shot runs keep no best
+  results = json.loads((tmp_path / "report" / "results.json").read_text())
+  assert results["checkpoint"]["kind"] == "latest" and results["checkpoint"]["step"] == 20
+  assert results["checkpoint"]["fell_back"] is True
+  test = results["datasets"]["test"]
+  assert test["kind"] == "zero_shot" and test["num_classes"] == 3
+  ks = (5, 50)
+  expected = {"map_all", "num_queries", "queries_without_relevant"} | {
+      f"{m}@{k}{x}" for k in ks for m, x in (("precision", ""), ("map", ""), ("map", "_reference"))}
+  assert set(results["metrics"]) == {f"zs_retrieval/{k}" for k in expected}
+  assert results["metrics"]["zs_retrieval/num_queries"] == test["num_sketches"]
+  for k in expected - {"num_queries", "queries_without_relevant"}:
+    assert 0.0 <= results["metrics"][f"zs_retrieval/{k}"] <= 1.0
+  assert results["artifacts"] == []
+  assert "zs_retrieval/map@50_reference" in (tmp_path / "report" / "index.html").read_text()
+  # The training run evaluated zero-shot retrieval too (on test: the config has no valid split).
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("zs_retrieval/map_all" in record for record in logged if record["kind"] == "eval")

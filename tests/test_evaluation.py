@@ -1,0 +1,426 @@
+"""Pins the evaluation package: embeddings, evaluators, image grids and checkpoint errors.
+
+Tiny models on small synthetic splits; every model call is jitted.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import common
+from iiae_jax import checkpointing, inference, models, trainer
+from iiae_jax import evaluation
+from iiae_jax.data import PairedData, ZeroShotData
+from iiae_jax.evaluation import grids
+
+RES = 16
+
+
+def _model_config(architecture):
+  if architecture == "features":
+    return ml_collections.ConfigDict(dict(
+        architecture="features", x_dim=12, y_dim=12, neef=8, nsef=8, exdim=3, shdim=4, ndf=8,
+        shared_posterior="joint", prior_expert=True, num_classes=0))
+  return ml_collections.ConfigDict(dict(
+      architecture="spatial", resolution=RES, channels=3, latent_resolution=4, channel_cap=8,
+      neef=4, nsef=4, exdim=3, shdim=6, ndf=4, dropout_rate=0.5,
+      shared_posterior="joint", prior_expert=True, num_classes=0))
+
+
+def _config(architecture="spatial", evals=None, valid_split=""):
+  config = common.get_config()
+  config.model = _model_config(architecture)
+  config.data = common.data("synthetic")
+  config.data.valid_split = valid_split
+  config.evals = ml_collections.ConfigDict(evals or {})
+  return config
+
+
+def _init(architecture):
+  """A tiny model and random variables of the right shapes (no compile of model.init)."""
+  model = models.build_model(_model_config(architecture))
+  x_shape, y_shape = models.input_shapes(_model_config(architecture))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2,) + x_shape), jnp.zeros((2,) + y_shape))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0.0, 0.3, s.shape).astype(s.dtype), shapes["params"])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, s: np.full(s.shape, 1.0 if "var" in jax.tree_util.keystr(path) else 0.0, s.dtype),
+      shapes["batch_stats"])
+  return model, {"params": params, "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def spatial():
+  return _init("spatial")
+
+
+@pytest.fixture(scope="module")
+def features():
+  return _init("features")
+
+
+def _paired(split="test", n=10, seed=0, shape=(RES, RES, 3), same=False):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, (n,) + shape).astype(np.float32)
+  y = x.copy() if same else rng.uniform(-1, 1, (n,) + shape).astype(np.float32)
+  return PairedData("synthetic", split, x, y,
+                    factors={"digit": np.arange(n) % 3, "color": (np.arange(n) // 2) % 2,
+                             "image": np.arange(n)},
+                    factor_names={"digit": ["a", "b", "c"], "color": ["red", "blue"]})
+
+
+class _Loader:
+  """Serves fixed splits and records which ones were asked for."""
+
+  def __init__(self, **splits):
+    self.splits, self.requests = splits, []
+
+  def __call__(self, split):
+    self.requests.append(split)
+    return self.splits[split]
+
+
+def _suite(config, loader, training=False):
+  return evaluation.EvaluationSuite.from_config(
+      config, training=training, datasets=evaluation.Datasets(config, loader=loader))
+
+
+def _replace(variables, module, fn):
+  """`variables` with fn applied to every parameter of submodule `module`."""
+  params = dict(variables["params"])
+  params[module] = jax.tree.map(fn, params[module])
+  return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+def _copy_module(variables, src, dst):
+  out = {}
+  for col in ("params", "batch_stats"):
+    out[col] = dict(variables[col])
+    out[col][dst] = jax.tree.map(np.copy, variables[col][src])
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Embeddings
+
+
+def test_embedding_pads_the_last_batch_and_equals_the_inference_api(spatial):
+  model, variables = spatial
+  data = _paired(n=10)
+  emb = evaluation.embed_paired(model, variables, data, batch_size=4)  # 4 + 4 + 2 (padded)
+  assert set(emb) == {"z_s_x", "z_s_y", "z_x", "z_y"}
+  direct = jax.jit(inference.shared_embedding, static_argnums=(0, 3))
+  direct_ex = jax.jit(inference.exclusive_embedding, static_argnums=(0, 3))
+  np.testing.assert_allclose(emb["z_s_x"], direct(model, variables, data.x, "x"), atol=1e-5)
+  np.testing.assert_allclose(emb["z_s_y"], direct(model, variables, data.y, "y"), atol=1e-5)
+  np.testing.assert_allclose(emb["z_x"], direct_ex(model, variables, data.x, "x"), atol=1e-5)
+  np.testing.assert_allclose(emb["z_y"], direct_ex(model, variables, data.y, "y"), atol=1e-5)
+  assert emb["z_s_x"].shape[:2] == (10, 4) and emb["z_x"].shape == (10, 3)
+  sub = evaluation.embed_paired(model, variables, data, indices=np.array([7, 2]), batch_size=4)
+  np.testing.assert_allclose(sub["z_y"], emb["z_y"][[7, 2]], atol=1e-6)
+
+
+def test_nan_embedding_raises_a_value_error_naming_the_embedding(spatial, features):
+  model, variables = spatial
+  broken = _replace(variables, "exclusive_encoder_y", lambda p: np.full_like(p, np.nan))
+  with pytest.raises(ValueError, match=r"embedding z_y \(mean of q\(z_y\|y\)\)"):
+    evaluation.embed_paired(model, broken, _paired(), batch_size=4)
+  model, variables = features
+  broken = _replace(variables, "shared_encoder_y", lambda p: np.full_like(p, np.inf))
+  data = ZeroShotData("synthetic", "test", np.ones((5, 12), np.float32), np.zeros(5, np.int32),
+                      np.ones((4, 12), np.float32), np.zeros(4, np.int32), ["a"])
+  with pytest.raises(ValueError, match="embedding photo_z_s"):
+    evaluation.embed_zero_shot(model, broken, data, batch_size=4)
+
+
+# ---------------------------------------------------------------------------
+# Evaluators
+
+
+PAIRED_KEYS = {"shared_x_to_y", "shared_y_to_x", "exclusive_x_to_y", "exclusive_y_to_x",
+               "shared_x_to_y_hits", "shared_y_to_x_hits", "exclusive_x_to_y_hits",
+               "exclusive_y_to_x_hits", "num_pairs", "chance"}
+
+
+def test_paired_retrieval_pairs_example_i_with_example_i(features):
+  model, variables = features
+  # Identical shared encoders and x = y: z_s_x == z_s_y, so every pair finds its partner.
+  same = _copy_module(variables, "shared_encoder_x", "shared_encoder_y")
+  # A constant exclusive code for y: every distance ties, so only one pair is "found" each way.
+  same = _replace(same, "exclusive_encoder_y", np.zeros_like)
+  config = _config("features", {"pr": dict(type="paired_retrieval")})
+  n = 12
+  out = _suite(config, _Loader(test=_paired(n=n, shape=(12,), same=True)))(model, same, step=3)
+  assert set(out) == {f"pr/{k}" for k in PAIRED_KEYS}
+  assert out["pr/shared_x_to_y"] == out["pr/shared_y_to_x"] == 1.0
+  assert out["pr/shared_x_to_y_hits"] == n and out["pr/num_pairs"] == n
+  assert out["pr/exclusive_x_to_y_hits"] == out["pr/exclusive_y_to_x_hits"] == 1
+  assert out["pr/exclusive_x_to_y"] == pytest.approx(1 / n)
+  assert trainer.selection_score(out) == 2.0
+  # Pairs shuffled: x_i's shared twin is now y_{perm^-1(i)}, never y_i.
+  data = _paired(n=n, shape=(12,), same=True)
+  perm = np.roll(np.arange(n), 1)
+  shuffled = PairedData("synthetic", "test", data.x, data.x[perm])
+  out = _suite(config, _Loader(test=shuffled))(model, same, step=3)
+  assert out["pr/shared_x_to_y"] == out["pr/shared_y_to_x"] == 0.0
+  for key in PAIRED_KEYS - {"num_pairs", "chance"}:
+    if key.endswith("_hits"):
+      assert isinstance(out[f"pr/{key}"], int) and 0 <= out[f"pr/{key}"] <= n
+    else:
+      assert 0.0 <= out[f"pr/{key}"] <= 1.0
+
+
+def test_zs_retrieval_reports_every_labelled_metric(features):
+  model, variables = features
+  same = _copy_module(variables, "shared_encoder_x", "shared_encoder_y")
+  rng = np.random.default_rng(0)
+  feats = rng.normal(size=(9, 12)).astype(np.float32)
+  labels = np.arange(9, dtype=np.int32) % 3
+  # Each sketch's own copy is in the gallery at distance 0: precision@1 = 1.
+  data = ZeroShotData("synthetic", "test", feats, labels, feats, labels, ["a", "b", "c"])
+  config = _config("features", {"zs": dict(type="zs_retrieval", ks=(1, 5), batch_size=4)})
+  out = _suite(config, _Loader(test=data))(model, same, step=0)
+  expected = {"map_all", "num_queries", "queries_without_relevant"} | {
+      f"{m}@{k}{s}" for k in (1, 5) for m, s in (("precision", ""), ("map", ""), ("map", "_reference"))}
+  assert set(out) == {f"zs/{k}" for k in expected}
+  assert out["zs/precision@1"] == 1.0 and out["zs/map@1"] == 1.0
+  assert out["zs/num_queries"] == 9
+  for k in expected - {"num_queries", "queries_without_relevant"}:
+    assert 0.0 <= out[f"zs/{k}"] <= 1.0
+  default = evaluation.make_evaluator("zs", {"type": "zs_retrieval"}, None)
+  assert default.options["ks"] == (100,)
+
+
+def test_disentanglement_probes_each_named_factor_from_each_latent(spatial):
+  model, variables = spatial
+  test = _paired("test", n=9, seed=1)
+  config = _config(evals={"dis": dict(type="disentanglement", train_split="valid", batch_size=8)})
+  loader = _Loader(valid=_paired("valid", n=12, seed=2), test=test)
+  out = _suite(config, loader)(model, variables, step=0)
+  # factor_names of the data (digit, color), not every factor ("image" has no names).
+  expected = {f"dis/{z}/{f}{s}" for z in ("z_s_x", "z_x", "z_y") for f in ("digit", "color")
+              for s in ("", "_chance")}
+  assert set(out) == expected
+  assert all(0.0 <= v <= 1.0 for v in out.values())
+  assert out["dis/z_x/digit_chance"] == pytest.approx(3 / 9)   # test labels 0,1,2 x 3
+  assert out["dis/z_x/color_chance"] == pytest.approx(5 / 9)   # (i // 2) % 2 over 0..8
+  assert sorted(set(loader.requests)) == ["test", "valid"]
+  # One split for both: fit on the even examples, score on the odd ones (4 of 9).
+  config = _config(evals={"dis": dict(type="disentanglement", train_split="test", factor_names=["color"])})
+  out = _suite(config, _Loader(test=test))(model, variables, step=0)
+  assert set(out) == {f"dis/{z}/color{s}" for z in ("z_s_x", "z_x", "z_y") for s in ("", "_chance")}
+  assert out["dis/z_s_x/color_chance"] == pytest.approx(2 / 4)  # odd i: colours 0, 1, 1, 0
+  config = _config(evals={"dis": dict(type="disentanglement", factor_names=["shape"])})
+  with pytest.raises(ValueError, match="shape"):
+    _suite(config, _Loader(test=test, train=test))(model, variables, step=0)
+
+
+def test_unknown_evaluator_type_or_field_is_a_clear_error():
+  with pytest.raises(ValueError, match="known evaluator types"):
+    evaluation.make_evaluator("x", {"type": "fid"}, None)
+  with pytest.raises(ValueError, match="unknown field"):
+    evaluation.make_evaluator("x", {"type": "paired_retrieval", "k": 3}, None)
+  with pytest.raises(ValueError, match="ks"):
+    evaluation.make_evaluator("x", {"type": "zs_retrieval", "ks": (0,)}, None)
+
+
+def test_training_evaluator_runs_the_during_training_entries_on_the_validation_split(features):
+  model, variables = features
+  assert evaluation.training_evaluator(_config("features"), "/nonexistent") is None
+  evals = {"pr": dict(type="paired_retrieval", split="test"),
+           "grid": dict(type="translation_grid", split="test")}
+  data = {"valid": _paired("valid", n=6, shape=(12,)), "test": _paired("test", n=8, shape=(12,))}
+  loader = _Loader(**data)
+  config = _config("features", evals, valid_split="valid")
+  evaluate = evaluation.training_evaluator(config, "/nonexistent",
+                                           datasets=evaluation.Datasets(config, loader))
+  out = evaluate(model, variables, 5)
+  assert set(out) == {f"pr/{k}" for k in PAIRED_KEYS}      # no translation_grid
+  assert out["pr/num_pairs"] == 6 and loader.requests == ["valid"]
+  loader = _Loader(**data)
+  config = _config("features", evals)
+  evaluate = evaluation.training_evaluator(config, "/nonexistent",
+                                           datasets=evaluation.Datasets(config, loader))
+  assert evaluate(model, variables, 5)["pr/num_pairs"] == 8 and loader.requests == ["test"]
+  only_grid = _config("features", {"grid": evals["grid"]})
+  assert evaluation.training_evaluator(only_grid, "/nonexistent") is None
+
+
+# ---------------------------------------------------------------------------
+# Translation, style transfer, analogies
+
+
+def test_translation_panels_decode_the_swapped_latents(spatial):
+  model, variables = spatial
+  data = _paired(n=3, seed=4)
+  x, y = data.x, data.y
+  panels = grids.make_panels(model, variables, x, y, num_samples=2, seed=7)
+  img = (RES, RES, 3)
+  assert panels["recon_x"].shape == panels["recon_y"].shape == (3,) + img
+  assert panels["x_to_y"].shape == panels["y_to_x"].shape == (2, 3) + img
+  for k in ("style_x_to_y", "style_y_to_x", "analogy_x", "analogy_y"):
+    assert panels[k].shape == (3, 3) + img
+  shared = jax.jit(inference.shared_embedding, static_argnums=(0, 3))
+  exclusive = jax.jit(inference.exclusive_embedding, static_argnums=(0, 3))
+  dec = jax.jit(inference.decode, static_argnums=(0, 4))
+  z_s_x, z_x = shared(model, variables, x, "x"), exclusive(model, variables, x, "x")
+  z_s_y, z_y = shared(model, variables, y, "y"), exclusive(model, variables, y, "y")
+  # The analogy of a sample with its own exclusive code is its reconstruction from the means.
+  recon_x = dec(model, variables, z_s_x, z_x, "x")
+  np.testing.assert_allclose(panels["recon_x"], recon_x, atol=1e-5)
+  for i in range(3):
+    np.testing.assert_allclose(panels["analogy_x"][i, i], recon_x[i], atol=1e-5)
+  # Off the diagonal: z_s of sample i with the exclusive code of sample j.
+  for i, j in ((0, 1), (2, 0)):
+    want = dec(model, variables, z_s_x[i:i + 1], z_x[j:j + 1], "x")[0]
+    np.testing.assert_allclose(panels["analogy_x"][i, j], want, atol=1e-5)
+    assert np.abs(panels["analogy_x"][i, j] - panels["analogy_x"][i, i]).max() > 1e-4
+    want = dec(model, variables, z_s_y[i:i + 1], z_y[j:j + 1], "y")[0]
+    np.testing.assert_allclose(panels["analogy_y"][i, j], want, atol=1e-5)
+    # Style transfer: x_i's content in y_j's style, as inference.translate does it.
+    want = jax.jit(lambda v, r: inference.translate(model, variables, v, "y", reference=r))(
+        x[i:i + 1], y[j:j + 1])[0]
+    np.testing.assert_allclose(panels["style_x_to_y"][i, j], want, atol=1e-5)
+    want = dec(model, variables, z_s_y[i:i + 1], z_x[j:j + 1], "x")[0]
+    np.testing.assert_allclose(panels["style_y_to_x"][i, j], want, atol=1e-5)
+  # Random codes: sample k uses key fold_in(key(seed), k), like translate(rng=...).
+  translate = jax.jit(lambda v, k: inference.translate(model, variables, v, "y", rng=k))
+  for k in range(2):
+    want = translate(x, jax.random.fold_in(jax.random.key(7), k))
+    np.testing.assert_allclose(panels["x_to_y"][k], want, atol=1e-5)
+  assert np.abs(panels["x_to_y"][0] - panels["x_to_y"][1]).max() > 1e-4
+
+
+def test_to_uint8_maps_the_model_range_onto_bytes():
+  np.testing.assert_array_equal(grids.to_uint8(np.array([-1.0, 0.0, 1.0, -3.0, 2.0, np.nan])),
+                                [0, 128, 255, 0, 255, 128])
+
+
+def test_tile_places_cells_row_major_between_padding():
+  cells = np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1, 1) * np.ones((1, 1, 2, 3, 1), np.float32)
+  image = grids.tile(cells, pad=1, pad_value=-1.0)
+  assert image.shape == grids.grid_size(2, 3, 2, 3, pad=1) + (1,) == (7, 13, 1)
+  assert image[1, 1, 0] == 0 and image[1, 5, 0] == 1 and image[4, 9, 0] == 5
+  assert image[0, :, 0].tolist() == [-1.0] * 13 and image[3, :, 0].tolist() == [-1.0] * 13
+
+
+def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_path):
+  model, variables = spatial
+  data = _paired(n=10, seed=5)
+  config = _config(evals={"grid": dict(type="translation_grid", num_examples=3, num_samples=2)})
+  suite = _suite(config, _Loader(test=data))
+  out = suite(model, variables, step=1, out_dir=str(tmp_path))
+  assert out["grid/images_written"] == 7 and out["grid/num_examples"] == 3
+  assert {"grid/recon_mae_x", "grid/recon_mae_y", "grid/translation_mae_x_to_y",
+          "grid/translation_mae_y_to_x"} <= set(out)
+  assert all(0.0 <= out[k] <= 2.0 for k in out if "mae" in k)
+  size = lambda rows, cols: grids.grid_size(rows, cols, RES, RES)   # (height, width)
+  expected = {"reconstruction": size(3, 4), "translation_x_to_y": size(3, 4), "translation_y_to_x": size(3, 4),
+              "style_transfer_x_to_y": size(4, 4), "style_transfer_y_to_x": size(4, 4),
+              "analogy_x": size(4, 4), "analogy_y": size(4, 4)}
+  assert sorted(os.path.basename(p) for p in suite.artifacts) == sorted(f"{k}.png" for k in expected)
+  for name, (h, w) in expected.items():
+    with Image.open(tmp_path / "grid" / f"{name}.png") as im:
+      assert im.format == "PNG" and im.mode == "RGB" and im.size == (w, h), name
+      pixels = np.asarray(im)
+  with Image.open(tmp_path / "grid" / "analogy_x.png") as im:
+    pixels = np.asarray(im)
+  p = grids.PAD
+  assert (pixels[:p] == 255).all()                                     # white padding
+  assert (pixels[p:p + RES, p:p + RES] == 0).all()                     # black empty corner
+  # Left column, second row: the first content source x_0, mapped from [-1, 1] to bytes.
+  top = p + (RES + p)
+  np.testing.assert_array_equal(pixels[top:top + RES, p:p + RES], grids.to_uint8(data.x[0]))
+  # Without an output directory nothing is written.
+  out = suite(model, variables, step=1)
+  assert out["grid/images_written"] == 0 and suite.artifacts == []
+
+
+def test_translation_grid_refuses_a_feature_model(features):
+  model, variables = features
+  config = _config("features", {"grid": dict(type="translation_grid")})
+  with pytest.raises(ValueError, match="feature-vector model"):
+    _suite(config, _Loader(test=_paired(shape=(12,))))(model, variables, step=0)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def _save_checkpoint(config, workdir, step=3, variables=None):
+  model = models.build_model(config.model)
+  template = evaluation.report.abstract_train_state(config, model)
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  if variables is not None:
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"))
+  ckpts.save(step, state, {"config": trainer.flatten_config(config)}, force=True)
+  ckpts.close()
+
+
+def _listing(root):
+  return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getmtime(os.path.join(d, f)))
+                for d, _, files in os.walk(root) for f in files)
+
+
+def test_a_missing_checkpoint_error_names_the_path_and_the_config(tmp_path):
+  config = _config("features")
+  for checkpoint in ("latest", "best"):
+    with pytest.raises(checkpointing.CheckpointError) as e:
+      evaluation.evaluate_checkpoint(config, str(tmp_path), checkpoint, config_name="configs/mine.py",
+                                     echo=None)
+    assert str(tmp_path / "checkpoints") in str(e.value) and "configs/mine.py" in str(e.value)
+  assert os.listdir(tmp_path) == []   # nothing created in the user's folder
+  _save_checkpoint(config, str(tmp_path), step=3)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    evaluation.evaluate_checkpoint(config, str(tmp_path), "7", config_name="configs/mine.py", echo=None)
+  assert str(tmp_path / "checkpoints" / "7") in str(e.value) and "configs/mine.py" in str(e.value)
+  assert "[3]" in str(e.value)
+
+
+@pytest.mark.parametrize("field,value", [("neef", 4), ("shared_posterior", "poe")])
+def test_a_checkpoint_of_another_config_error_names_the_path_and_the_config(tmp_path, field, value):
+  saved = _config("features")
+  _save_checkpoint(saved, str(tmp_path), step=3)
+  before = _listing(tmp_path)
+  other = _config("features")
+  other.model[field] = value
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    evaluation.evaluate_checkpoint(other, str(tmp_path), "latest", config_name="configs/other.py", echo=None)
+  message = str(e.value)
+  assert str(tmp_path / "checkpoints" / "3") in message and "configs/other.py" in message
+  assert f"model.{field}" in message
+  assert _listing(tmp_path) == before   # the checkpoint is untouched
+
+
+def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, tmp_path):
+  model, variables = features
+  config = _config("features", {"pr": dict(type="paired_retrieval")})
+  workdir = tmp_path / "run"
+  _save_checkpoint(config, str(workdir), step=5, variables=variables)
+  os.makedirs(workdir / "best")   # made by the trainer, empty: no paired metrics qualified
+  lines = []
+  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
+  results = evaluation.evaluate_checkpoint(config, str(workdir), "best", config_name="configs/x.py",
+                                           datasets=datasets, echo=lines.append)
+  out = workdir / "eval_latest_5"
+  assert any("no best checkpoint" in line for line in lines)
+  assert any("pr/shared_x_to_y" in line for line in lines)            # the printed table
+  on_disk = json.loads((out / "results.json").read_text())
+  assert on_disk == results
+  assert on_disk["checkpoint"] == {"requested": "best", "kind": "latest", "step": 5, "fell_back": True,
+                                   "note": on_disk["checkpoint"]["note"],
+                                   "path": str(workdir / "checkpoints" / "5")}
+  assert on_disk["config"]["name"] == "configs/x.py"
+  assert on_disk["datasets"] == {"test": {"kind": "paired", "num_pairs": 7}}
+  assert set(on_disk["metrics"]) == {f"pr/{k}" for k in PAIRED_KEYS}
+  assert {"date", "artifacts", "workdir", "schema_version"} <= set(on_disk)
+  assert "pr/exclusive_y_to_x_hits" in (out / "index.html").read_text()
+  with pytest.raises(ValueError, match="own folder"):
+    evaluation.evaluate_checkpoint(config, str(workdir), "latest", out_dir=str(workdir / "checkpoints"),
+                                   datasets=datasets, echo=None)
