@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from iiae_jax import trainer
+from iiae_jax import observability, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  observability.quiet_library_logs()
   from iiae_jax import evaluation
   config = _CONFIG.value
   trainer.train_and_evaluate(config, _WORKDIR.value, evaluate=evaluation.training_evaluator(config, _WORKDIR.value),

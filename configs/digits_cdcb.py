@@ -14,6 +14,7 @@ def get_config():
   config.data = common.data("digits_cdcb", resolution=32)
   config.data.valid_split = "valid"
   config.model = common.model_images("spatial", resolution=32, latent_resolution=4)
+  config.model.update(dict(neef=16, nsef=16, ndf=16))  # CPU-sized; the 256x256 recipe uses 32/32/64
   config.loss = common.loss(beta=0.2, recon_weight=1000.0, recon="l1", annealing_rate=500.0)
   config.training.batch_size = 32
   config.training.num_steps = 2000

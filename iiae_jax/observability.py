@@ -8,6 +8,18 @@ import time
 from typing import Dict, Optional
 
 
+def quiet_library_logs() -> None:
+  """Keeps absl's INFO log to our own lines: drops the chatter of orbax's checkpoint internals."""
+  from absl import logging as absl_logging
+
+  class _DropOrbaxInfo(logging.Filter):
+    def filter(self, record):
+      return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+  absl_logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tensorboard`.
 

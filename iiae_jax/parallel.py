@@ -9,7 +9,6 @@ run's results do not depend on P or D.
 import logging
 from typing import Any
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,9 +61,22 @@ def shard_host_array(x: np.ndarray, axis: int = 0) -> np.ndarray:
   return np.moveaxis(x.reshape(shape), axis, 0)
 
 
+def device_sharding() -> jax.sharding.NamedSharding:
+  """The layout of pmap's per-device arrays: leading axis over the local devices, named AXIS."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree: Any) -> Any:
-  """Copies a pytree of arrays onto every local device (leading axis = local devices)."""
-  return flax.jax_utils.replicate(tree)
+  """Copies a pytree of arrays onto every local device (leading axis = local devices).
+
+  Laid out exactly as pmap lays out its outputs, so feeding pmap's outputs back
+  in does not trigger a second compilation.
+  """
+  d = jax.local_device_count()
+  sharding = device_sharding()
+  return jax.tree.map(lambda a: jax.device_put(np.broadcast_to(np.asarray(a), (d,) + np.shape(a)), sharding),
+                      tree)
 
 
 def unreplicate(tree: Any) -> Any:
