@@ -49,7 +49,8 @@ class MetricWriter:
     if self._tb is not None:
       for name, value in scalars.items():
         if isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(f"{kind}/{name}", value, int(step))
+          # TensorBoard tags allow [A-Za-z0-9_./-]: "precision@5" -> "precision_at_5".
+          self._tb.add_scalar(f"{kind}/{name}".replace("@", "_at_"), value, int(step))
 
   def flush(self) -> None:
     if self._tb is not None:

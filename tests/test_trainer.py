@@ -181,3 +181,14 @@ def test_resuming_with_a_different_config_is_refused_naming_the_fields(tmp_path)
     _train(config, tmp_path)
   state = _train(config, tmp_path, allow_config_change=True)
   assert int(state.step) == 4
+
+
+def test_several_steps_per_call_equal_one_step_per_call(tmp_path):
+  config = tiny_train_config("digits_zs", num_steps=7)
+  one = _train(config, tmp_path / "one")
+  config.training.steps_per_call = 3               # calls of 3, 3 and 1 steps
+  three = _train(config, tmp_path / "three")
+  a, b = flat_leaves(one), flat_leaves(three)
+  assert int(one.step) == int(three.step) == 7
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -37,6 +37,10 @@ DATASETS = {
         "zero_shot", "Offline zero-shot retrieval from scikit-learn's digits: outline sketches "
                      "vs coloured textured photos, 7 seen / 3 unseen classes (option: seed).",
         ("train", "test"), ()),
+    "synthetic_sketchy": DatasetInfo(
+        "zero_shot", "Random features of Sketchy split 1's sizes (61,058 sketches, 100 classes, "
+                     "512-d), for benchmarks (options: seed, feature_dim).",
+        ("train", "test"), ()),
     "sketchy": DatasetInfo(
         "zero_shot", "Sketchy Extended VGG features of the IIAE release "
                      "(options: sketchy_split, feature_dim).",
@@ -105,6 +109,9 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str =
     return digits_cdcb(split, **options)
   if name == "digits_zs":
     return digits_zs(split, **options)
+  if name == "synthetic_sketchy":
+    from iiae_jax.data.synthetic import sketchy_like  # pylint: disable=g-import-not-at-top
+    return sketchy_like(split, **options)
   root = dataset_root(name, data_dir)
   if name == "sketchy":
     return load_sketchy(root, split, **options)

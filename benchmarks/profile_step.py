@@ -1,0 +1,114 @@
+"""Where the time of one training step goes: forward, backward, optimiser update, host work.
+
+  python benchmarks/profile_step.py                 # the Sketchy model (batch 100)
+  python benchmarks/profile_step.py --model=digits_cdcb
+
+Each piece is its own jit-compiled program, timed after compilation (median
+of --repeats runs of --n calls):
+  forward          the loss alone (training mode)
+  forward+backward value_and_grad of the loss
+  optimiser        the Adam update alone, on one flat vector and per array
+  train step       trainer.train_step (all of the above + fault checks)
+  train call       the trainer's pmapped call with the host's per-call work
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks.train_throughput import make_config, make_input  # noqa: E402
+from iiae_jax import models, objective, parallel, trainer  # noqa: E402
+
+
+def time_calls(fn, *args, n=50, repeats=5):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / n)
+  return 1e3 * statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="sketchy")
+  parser.add_argument("--n", type=int, default=50)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  config = make_config(args.model, 1, "float32")
+  model = models.build_model(config.model)
+  train_input = make_input(config, args.model)
+  weights = dict(config.loss)
+  x_shape, y_shape = models.input_shapes(config.model)
+  b = train_input.global_batch
+  x = jax.random.normal(jax.random.key(1), (b,) + x_shape)
+  y = jax.random.normal(jax.random.key(2), (b,) + y_shape)
+  labels = jnp.arange(b) % model.num_classes if model.num_classes else None
+  batch = (x, y, labels)
+  variables = jax.jit(model.init)(jax.random.key(0), x[:1], y[:1])
+  key = jax.random.key(3)
+  loss = lambda p, bs: objective.loss(model, {"params": p, "batch_stats": bs}, batch, key, step=100,
+                                      weights=weights)
+  t = {}
+  t["forward"] = time_calls(jax.jit(lambda p, bs: loss(p, bs)[0]), variables["params"], variables["batch_stats"],
+                        n=args.n, repeats=args.repeats)
+  grad = jax.jit(jax.value_and_grad(lambda p, bs: loss(p, bs)[0]))
+  t["forward+backward"] = time_calls(grad, variables["params"], variables["batch_stats"], n=args.n, repeats=args.repeats)
+  _, g = grad(variables["params"], variables["batch_stats"])
+  for flat in (True, False):
+    tx = optax.flatten(optax.adam(2e-4, b1=0.5)) if flat else optax.adam(2e-4, b1=0.5)
+
+    def update(carry, tx=tx):
+      params, opt_state = carry
+      updates, opt_state = tx.update(g, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+    carry = (jax.tree.map(jnp.copy, variables["params"]), tx.init(variables["params"]))
+    label = "one flat vector" if flat else "per array"
+    t[f"optimiser ({label})"] = time_chain(jax.jit(update, donate_argnums=0), carry, args)
+  optimizer = trainer.make_optimizer(config.optimizer)
+  state = trainer.create_train_state(config, model, optimizer, x[:1], y[:1])
+  step = jax.jit(lambda s: trainer.train_step(s, (x, y, labels), model=model, optimizer=optimizer,
+                                              weights=weights)[0], donate_argnums=0)
+  t["train step (jit)"] = time_chain(step, jax.tree.map(jnp.copy, state), args)
+  call = trainer.make_train_call(model, optimizer, weights, train_input)
+  resident = parallel.replicate(train_input.resident())
+  counter = iter(range(10 ** 9))
+  t["train call (pmap + host inputs)"] = time_chain(
+      lambda s: call(s, train_input.host_inputs(next(counter), 1), resident)[0],
+      parallel.replicate(state), args)
+  n_params = sum(p.size for p in jax.tree.leaves(variables["params"]))
+  print(f"# {args.model}: batch {b}, {n_params:,} parameters, {jax.devices()[0].device_kind}, "
+        f"{time.strftime('%Y-%m-%d')}")
+  for name, ms in t.items():
+    print(f"{name:36s} {ms:8.2f} ms")
+  print(f"{'backward (difference)':36s} {t['forward+backward'] - t['forward']:8.2f} ms")
+  print(f"{'host + dispatch (call - step)':36s} {t['train call (pmap + host inputs)'] - t['train step (jit)']:8.2f} ms")
+
+
+def time_chain(fn, carry, args):
+  """Median ms of `carry = fn(carry)` (state fed back, so donation works)."""
+  carry = fn(carry)
+  jax.block_until_ready(carry)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for _ in range(args.n):
+      carry = fn(carry)
+    jax.block_until_ready(carry)
+    times.append((time.perf_counter() - t0) / args.n)
+  return 1e3 * statistics.median(times)
+
+
+if __name__ == "__main__":
+  main()

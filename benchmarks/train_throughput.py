@@ -1,0 +1,132 @@
+"""Training throughput of the compiled train call, with FLOPs from XLA's cost analysis.
+
+  python benchmarks/train_throughput.py                      # every model below, CPU or GPU
+  python benchmarks/train_throughput.py --models=sketchy --peer=../shared/peers/torch_zs_step.py
+
+Models: sketchy (SPEC §3a, joint posterior, 100 classes, batch 100, synthetic
+512-d features of split 1's sizes, class-balanced sampling on device),
+mnist_cdcb (SPEC §3b at 256x256, batch 8) and digits_cdcb (the offline 32x32
+model, batch 32). Random images stand in for the image datasets. Times the
+trainer's own pmapped call (the loop's per-call host work included) after
+compilation; prints steps/s, ms/step, GFLOP/step and the achieved rate, and
+with --peer the PyTorch peer's steps/s measured in the same run and the ratio.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from iiae_jax import input_pipeline, models, parallel, trainer  # noqa: E402
+from iiae_jax.data import PairedData  # noqa: E402
+
+# Dense peaks (TFLOP/s) by device kind: (float32, bfloat16). Leads from vendor datasheets.
+PEAKS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0)}
+
+
+def make_config(name, steps_per_call, dtype):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if name == "sketchy":
+    config.data.name, config.data.options = "synthetic_sketchy", {}
+  config.model.dtype = dtype
+  config.training.steps_per_call = steps_per_call
+  return config
+
+
+def make_input(config, name):
+  if name == "mnist_cdcb":  # random 256x256 pairs stand in for the dataset
+    rng = np.random.default_rng(0)
+    n = 256
+    images = lambda: rng.uniform(-1, 1, (n, 256, 256, 3)).astype(np.float32)
+    return input_pipeline.PairedInput(config, PairedData("random_256", "train", images(), images()))
+  return input_pipeline.make_train_input(config)
+
+
+def measure(name, steps, steps_per_call, dtype):
+  config = make_config(name, steps_per_call, dtype)
+  model = models.build_model(config.model)
+  train_input = make_input(config, name)
+  optimizer = trainer.make_optimizer(config.optimizer)
+  x_shape, y_shape = models.input_shapes(config.model)
+  state = trainer.create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape),
+                                     jnp.zeros((1,) + y_shape))
+  call = trainer.make_train_call(model, optimizer, dict(config.loss), train_input)
+  resident = parallel.replicate(train_input.resident())
+  replicated = parallel.replicate(state)
+  k = steps_per_call
+  t0 = time.perf_counter()
+  compiled = call.lower(replicated, train_input.host_inputs(0, k), resident).compile()
+  compile_s = time.perf_counter() - t0
+  # Per-step FLOPs from the one-step program (cost analysis counts a loop body once).
+  one = compiled if k == 1 else call.lower(replicated, train_input.host_inputs(0, 1), resident).compile()
+  cost = one.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) * jax.local_device_count() if cost else 0.0
+  replicated, metrics = call(replicated, train_input.host_inputs(0, k), resident)  # warm-up
+  jax.block_until_ready(replicated)
+  step, t0 = k, time.perf_counter()
+  while step < steps + k:
+    replicated, metrics = call(replicated, train_input.host_inputs(step, k), resident)
+    step += k
+  jax.block_until_ready(replicated)
+  dt = (time.perf_counter() - t0) / (step - k)
+  loss = float(np.asarray(metrics["loss"]).reshape(-1)[-1])
+  return dict(steps_per_sec=1.0 / dt, ms_per_step=1e3 * dt, gflop_per_step=flops / 1e9,
+              tflops=flops / dt / 1e12, compile_s=compile_s, loss=loss, batch=train_input.global_batch)
+
+
+def run_peer(path, steps):
+  out = subprocess.run([sys.executable, path, str(steps)], capture_output=True, text=True, timeout=1800)
+  match = re.search(r"([\d.]+) steps/s", out.stdout)
+  if not match:
+    raise RuntimeError(f"peer printed no steps/s:\n{out.stdout}\n{out.stderr[-2000:]}")
+  return float(match.group(1)), out.stdout.strip().splitlines()[-1]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--models", default="sketchy,digits_cdcb,mnist_cdcb")
+  parser.add_argument("--steps", type=int, default=0, help="timed steps (default: per model)")
+  parser.add_argument("--steps_per_call", default="1", help="comma-separated list to compare")
+  parser.add_argument("--dtypes", default="float32", help="float32,bfloat16")
+  parser.add_argument("--peer", default="", help="path to the PyTorch peer (torch_zs_step.py)")
+  parser.add_argument("--peer_steps", type=int, default=300)
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  kind = getattr(device, "device_kind", device.platform)
+  print(f"# {time.strftime('%Y-%m-%d')}  jax {jax.__version__}  {jax.device_count()} x {kind} "
+        f"({device.platform}), {os.cpu_count()} CPU cores")
+  peaks = next((v for k, v in PEAKS.items() if k in str(kind)), None)
+  default_steps = {"sketchy": 600, "digits_cdcb": 100, "mnist_cdcb": 10}
+  if device.platform != "cpu":
+    default_steps = {"sketchy": 3000, "digits_cdcb": 1000, "mnist_cdcb": 200}
+  results = {}
+  for name in args.models.split(","):
+    for dtype in args.dtypes.split(","):
+      for k in (int(v) for v in args.steps_per_call.split(",")):
+        r = measure(name, args.steps or default_steps[name], k, dtype)
+        results[(name, dtype, k)] = r
+        peak = ""
+        if peaks:
+          p = peaks[1] if dtype == "bfloat16" else peaks[0]
+          peak = f"  {100 * r['tflops'] / p:.1f}% of {p:.0f} TFLOP/s"
+        print(f"{name:12s} batch {r['batch']:3d} {dtype:8s} steps/call {k:3d}: {r['steps_per_sec']:8.1f} steps/s "
+              f"({r['ms_per_step']:.2f} ms/step), {r['gflop_per_step']:.2f} GFLOP/step, "
+              f"{1e3 * r['tflops']:.1f} GFLOP/s achieved{peak}; compile {r['compile_s']:.1f}s", flush=True)
+  if args.peer:
+    peer, line = run_peer(args.peer, args.peer_steps)
+    ours = max(r["steps_per_sec"] for (n, _, _), r in results.items() if n == "sketchy")
+    print(f"peer: {line}")
+    print(f"sketchy: iiae_jax {ours:.1f} steps/s vs PyTorch peer {peer:.1f} steps/s: {ours / peer:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
