@@ -15,4 +15,7 @@ def get_config(split="1"):
   config = common.get_config()
   config.model = common.model_features(512, 512, num_classes=100 if split == 1 else 104)
   config.loss = common.loss(beta=0.5, recon_weight=10.0, recon="l2", annealing_rate=2000.0)
+  config.data.options.sketchy_split = split
+  # SPEC §5a: K = 100 on split 1, 200 on split 2.
+  config.evals.zs_retrieval = dict(type="zs_retrieval", split="test", ks=(100,) if split == 1 else (200,))
   return config

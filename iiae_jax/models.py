@@ -33,8 +33,25 @@ def _bn_scale_init(key, shape, dtype=jnp.float32):
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-_dense_init = nn.initializers.xavier_uniform()
-_conv_init = nn.initializers.normal(stddev=0.02)
+def _flat_draw(draw):
+  """Draws an initial kernel as a flat vector and reshapes it.
+
+  Same distribution; XLA compiles a 1-D threefry draw about 10x faster than a
+  4-D one, which is most of a model's init compile time on CPU.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    return draw(key, (math.prod(shape),), shape, dtype).reshape(shape)
+  return init
+
+
+def _glorot_uniform(key, flat_shape, shape, dtype):
+  fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(key, flat_shape, dtype, -limit, limit)
+
+
+_dense_init = _flat_draw(_glorot_uniform)   # Glorot-uniform (the reference's dense default)
+_conv_init = _flat_draw(lambda key, flat, shape, dtype: 0.02 * jax.random.normal(key, flat, dtype))
 
 
 @dataclasses.dataclass(frozen=True)
