@@ -60,5 +60,10 @@ def get_config():
   ))
   config.evals = ml_collections.ConfigDict()
   config.distributed = ml_collections.ConfigDict(dict(
-      enabled=False, coordinator_address="", num_processes=1, process_id=0))
+      enabled=False, coordinator_address="", num_processes=1, process_id=0,
+      # A process whose peer (or coordinator) has been silent this long stops with an error
+      # instead of waiting forever in a collective.
+      heartbeat_timeout_seconds=60,
+      # How long a finished process waits at exit for the others to finish (JAX's default).
+      shutdown_timeout_seconds=300))
   return config

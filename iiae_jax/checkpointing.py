@@ -2,21 +2,36 @@
 
 Each checkpoint holds the whole train state (parameters, batch statistics,
 optimiser state, step, RNG) and a JSON record (the config, the data-iterator
-state, metrics). Orbax writes a checkpoint into a temporary folder and renames
-it when complete, so a run killed mid-write never leaves a checkpoint that
-looks finished; a damaged one is skipped with a warning on restore.
+state, metrics). Orbax writes a checkpoint into a temporary folder
+(`<step>.orbax-checkpoint-tmp`) and renames it when complete, so a run killed
+mid-write never leaves a checkpoint that looks finished. On restore, a damaged
+checkpoint (a truncated or missing file, or an array whose CRC-32 no longer
+matches the one recorded at save time: OCDBT itself does not notice flipped
+bits) is skipped with a warning, and one whose arrays do not have the target's
+shapes is refused.
 """
 import logging
 import os
 import warnings
-from typing import Any, Dict, Optional, Tuple
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+# Suffix of a damaged checkpoint's folder once set aside (orbax ignores such names).
+DAMAGED_SUFFIX = ".damaged"
+# Key of the per-array checksums in the JSON record (removed from what callers get back).
+CHECKSUMS_KEY = "array_crc32"
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the current config."""
+
+
+class ChecksumError(ValueError):
+  """A restored array differs from the one saved (bit rot, an overwritten file)."""
 
 
 def _options(max_to_keep: Optional[int]) -> ocp.CheckpointManagerOptions:
@@ -39,47 +54,152 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, meta: Dict[str, Any], force: bool = False) -> None:
-    """Starts an asynchronous save of host (numpy) or device arrays."""
+    """Starts an asynchronous save of host (numpy) or device arrays.
+
+    Host arrays get a CRC-32 in the record, checked on restore.
+    """
+    meta = dict(meta, **{CHECKSUMS_KEY: checksums(state)})
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def read_meta(self, step: int) -> Dict[str, Any]:
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return restored["meta"]
+  def read_meta(self, step: Optional[int] = None) -> Dict[str, Any]:
+    """The JSON record of checkpoint `step`; without `step`, of the newest whose record reads."""
+    if step is not None:
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      return {k: v for k, v in meta.items() if k != CHECKSUMS_KEY}
+    errors = []
+    for candidate in reversed(self.steps()):
+      try:
+        return self.read_meta(candidate)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
+        errors.append(f"checkpoint {candidate} in {self.directory}: {_summary(e)}")
+        warnings.warn(f"the record of {errors[-1]}; trying an older one")
+    if not errors:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    raise CheckpointError("no checkpoint with a readable record:\n" + "\n".join(errors) +
+                          f"\nMove {self.directory} away (or use another --workdir) to start afresh.")
 
-  def restore(self, target: Any, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any], int]:
-    """Restores into the structure and dtypes of `target` (a pytree of arrays).
+  def restore(self, target: Any, step: Optional[int] = None, *,
+              set_aside_damaged: bool = False) -> Tuple[Any, Dict[str, Any], int]:
+    """Restores into the structure, shapes and dtypes of `target` (a pytree of arrays).
 
     Without `step`, the newest checkpoint that restores cleanly: a damaged one
-    (truncated or missing files) is reported with a warning and the next older
-    one is tried. Raises CheckpointError when none is usable.
+    (truncated or missing files, or an array whose CRC-32 differs from the one
+    recorded at save time) is reported with a warning and the next older one
+    is tried. With `set_aside_damaged` (a training run resuming), the
+    damaged checkpoints newer than the one restored are renamed
+    `<step>.damaged`, kept for inspection but out of the way of the steps
+    the run will save again.
+
+    Raises:
+      CheckpointError: no usable checkpoint; or the saved arrays' shapes differ
+        from the target's (the message lists the array paths and both shapes):
+        the checkpoint was made with another model config.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    errors = []
+    errors, damaged = [], []
     for candidate in candidates:
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        if errors:
-          logging.warning("restored checkpoint %d after skipping damaged ones", candidate)
-        return restored["state"], restored["meta"], candidate
-      except Exception as e:  # orbax raises many types for damaged files
-        message = f"checkpoint {candidate} in {self.directory} could not be restored: {type(e).__name__}: {e}"
-        if _is_shape_mismatch(e):
+        meta = dict(restored["meta"])
+        _verify_checksums(restored["state"], meta.pop(CHECKSUMS_KEY, {}))
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
+        message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
+        if not isinstance(e, ChecksumError) and _is_shape_mismatch(e):
           raise CheckpointError(message + "\nIt was written for another model config.") from e
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
-    raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors))
+        damaged.append(candidate)
+        continue
+      # Orbax restores arrays in their saved shapes even where the target's differ.
+      mismatched = shape_mismatches(restored["state"], abstract)
+      if mismatched:
+        raise CheckpointError(
+            f"checkpoint {candidate} in {self.directory} does not fit: array shapes differ "
+            f"(it was written for another model config):\n{describe_mismatches(mismatched)}")
+      if errors:
+        logging.warning("restored checkpoint %d after skipping damaged ones: %s", candidate, damaged)
+        if set_aside_damaged:
+          self._set_aside(damaged)
+      return restored["state"], meta, candidate
+    raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors) +
+                          f"\nMove {self.directory} away (or use another --workdir) to start afresh.")
+
+  def _set_aside(self, steps: List[int]) -> None:
+    """Renames damaged step folders `<step>.damaged[.N]` (process 0), then every process re-lists."""
+    if jax.process_index() == 0:
+      for step in steps:
+        source = os.path.join(self.directory, str(step))
+        if not os.path.isdir(source):
+          continue
+        target, n = source + DAMAGED_SUFFIX, 1
+        while os.path.exists(target):
+          target, n = f"{source}{DAMAGED_SUFFIX}.{n}", n + 1
+        os.rename(source, target)
+        warnings.warn(f"damaged checkpoint {step} moved to {target}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("iiae_jax.checkpointing.set_aside")
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def shape_mismatches(restored: Any, template: Any) -> List[Tuple[str, Any, Any]]:
+  """[(array path, restored shape, template shape)] wherever the two differ (or one is missing)."""
+  leaves = jax.tree_util.tree_leaves_with_path
+  got = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in leaves(restored)}
+  want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in leaves(template)}
+  return [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+
+
+def checksums(state: Any) -> Dict[str, Any]:
+  """{array path: [CRC-32, dtype, shape]} of the host (numpy) arrays of `state`."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(leaf, (np.ndarray, np.generic)):
+      a = np.ascontiguousarray(leaf)
+      out[jax.tree_util.keystr(path)] = [zlib.crc32(a.view(np.uint8).reshape(-1)), a.dtype.str, list(a.shape)]
+  return out
+
+
+def _verify_checksums(state: Any, recorded: Dict[str, Any]) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    entry = recorded.get(jax.tree_util.keystr(path))
+    if entry is None or (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable):
+      continue  # not recorded, or spread over hosts (each host sees only its shards)
+    a = np.ascontiguousarray(np.asarray(leaf))
+    if entry[1] != a.dtype.str or list(entry[2]) != list(a.shape):
+      continue  # restored into another dtype, or shape (which the shape check reports)
+    if zlib.crc32(a.view(np.uint8).reshape(-1)) != entry[0]:
+      raise ChecksumError(f"array {jax.tree_util.keystr(path)} does not match its CRC-32 recorded at save time")
+
+
+def describe_mismatches(mismatched, limit: int = 10) -> str:
+  lines = [f"  {path}: {a} (checkpoint) != {b} (expected)" for path, a, b in mismatched[:limit]]
+  if len(mismatched) > limit:
+    lines.append(f"  ... and {len(mismatched) - limit} more")
+  return "\n".join(lines)
+
+
+def _summary(error: BaseException, width: int = 300) -> str:
+  """One line per exception in the chain (orbax wraps tensorstore's), without tensorstore's specs."""
+  lines, seen = [], 0
+  while error is not None and seen < 3:
+    text = str(error).split("See full TensorStore details")[0].strip()
+    first = text.splitlines()[0] if text else ""
+    lines.append(f"{type(error).__name__}: {first[:width]}{' ...' if len(first) > width else ''}")
+    error, seen = error.__cause__, seen + 1
+  return " <- ".join(lines)
 
 
 def _is_shape_mismatch(error: Exception) -> bool:

@@ -27,6 +27,11 @@ def initialize(distributed_config) -> None:
     kwargs = dict(coordinator_address=distributed_config.coordinator_address,
                   num_processes=int(distributed_config.num_processes),
                   process_id=int(distributed_config.process_id))
+  # A peer that died (or lost its host) is detected after heartbeat_timeout_seconds:
+  # every other process then stops with an error instead of blocking forever.
+  for field in ("heartbeat_timeout_seconds", "shutdown_timeout_seconds"):
+    if distributed_config.get(field):
+      kwargs[field] = int(distributed_config[field])
   # With no address, JAX detects the cluster (TPU pods, SLURM, Open MPI).
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from iiae_jax import checkpointing
+from iiae_jax import config_validation
 from iiae_jax import input_pipeline
 from iiae_jax import models
 from iiae_jax import objective
@@ -110,7 +111,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, weights, axis_name
   batch_stats = aux["batch_stats"]
   if axis_name is not None:
     grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
@@ -222,13 +223,24 @@ class WorkdirLock:
 
 
 class _Preemption:
-  """Turns SIGTERM into a request to checkpoint and stop."""
+  """Turns SIGTERM into a request to checkpoint and stop, at the same step on every process.
+
+  One process: a Python handler sets a flag, read after each compiled call.
+  Several processes: JAX's preemption service (it catches SIGTERM itself and
+  tells every process) names one call at which all of them stop, so they save
+  the same step and none waits in a collective for a peer that has left.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._synced = False
+    self._calls = 0
 
   def __enter__(self):
+    self._synced = jax.process_count() > 1
+    if self._synced:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: leave signals alone
@@ -238,6 +250,16 @@ class _Preemption:
   def _handle(self, signum, frame):
     logging.warning("SIGTERM: saving a checkpoint and stopping")
     self.requested = True
+
+  def stop_now(self) -> bool:
+    """Called by every process after every compiled call: whether to checkpoint and stop now."""
+    if self._synced and not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      self.requested = multihost_utils.reached_preemption_sync_point(self._calls)
+      self._calls += 1
+      if self.requested:
+        logging.warning("SIGTERM (preemption notice) reached every process: saving a checkpoint and stopping")
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -267,7 +289,9 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
   reports paired-retrieval metrics, the best checkpoint by the SPEC §4 rule is
   kept in `<workdir>/best`. Returns the final train state on the host.
   """
+  config_validation.validate_config(config)  # every field, before anything loads or compiles
   parallel.initialize(config.distributed)
+  config_validation.check_batch_layout(config, jax.device_count())
   main = parallel.is_main_process()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -306,15 +330,15 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   best = checkpointing.Checkpoints(os.path.join(workdir, "best"), 1) if evaluate else None
   best_score = None
   if checkpoints.latest_step() is not None:
-    latest = checkpoints.latest_step()
-    saved = checkpoints.read_meta(latest).get("config", {})
+    saved = checkpoints.read_meta().get("config", {})  # the newest readable record
     diffs = config_differences(saved, flat_config)
     if diffs and not allow_config_change:
       listed = "\n".join(f"  {f}: {a!r} (checkpoint) != {b!r} (now)" for f, a, b in diffs)
       raise checkpointing.CheckpointError(
           f"{workdir} holds a run of a different config; refusing to resume. Differing fields:\n"
           f"{listed}\nUse another --workdir, or pass --allow_config_change to resume anyway.")
-    state, meta, step = checkpoints.restore(state)
+    # A damaged newest checkpoint is skipped (and set aside) for the newest valid one.
+    state, meta, step = checkpoints.restore(state, set_aside_damaged=True)
     state = jax.tree.map(jnp.asarray, state)
     best_score = meta.get("best_score")
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
@@ -349,8 +373,9 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
       replicated, metrics = train_call(replicated, train_input.host_inputs(step, n), resident)
       pending.append(metrics)
       step += n
+      stop = preemption.stop_now()
       at = lambda every: every > 0 and step % every < n
-      if at(log_every) or step == num_steps or preemption.requested or at(ckpt_every):
+      if at(log_every) or step == num_steps or stop or at(ckpt_every):
         _check_fault(replicated)
       if at(log_every) or step == num_steps:
         scalars = _mean_metrics(pending)
@@ -363,9 +388,9 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         progress.update(step, scalars)
       if evaluate is not None and (at(eval_every) or step == num_steps):
         best_score = _evaluate(evaluate, model, replicated, step, writer, best, best_score)
-      if at(ckpt_every) or step == num_steps or preemption.requested:
+      if at(ckpt_every) or step == num_steps or stop:
         save(step, force=True)
-      if preemption.requested and step < num_steps:
+      if stop and step < num_steps:
         stopped_early = True
         break
   finally:

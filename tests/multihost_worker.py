@@ -1,14 +1,16 @@
 """One process of a multi-process training test (run by tests/test_multihost.py).
 
-usage: multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT.npz [NUM_STEPS]
+usage: multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT.npz [NUM_STEPS [HEARTBEAT_TIMEOUT_S]]
 With NUM_PROCESSES == 1 it is the single-process reference (devices from XLA_FLAGS).
+HEARTBEAT_TIMEOUT_S sets config.distributed.heartbeat_timeout_seconds, for the
+tests that kill one of the processes.
 """
 import sys
 
 import jax
 
 
-def main(pid, nproc, port, workdir, out, num_steps=4):
+def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0):
   if nproc > 1:
     jax.config.update("jax_num_cpu_devices", 2)
   import numpy as np
@@ -18,6 +20,8 @@ def main(pid, nproc, port, workdir, out, num_steps=4):
   if nproc > 1:
     config.distributed.update(dict(enabled=True, coordinator_address=f"127.0.0.1:{port}",
                                    num_processes=nproc, process_id=pid))
+  if heartbeat_timeout:
+    config.distributed.heartbeat_timeout_seconds = heartbeat_timeout
   state = trainer.train_and_evaluate(config, workdir)
   if pid == 0:
     np.savez(out, **flat_leaves(state.variables))

@@ -13,10 +13,11 @@ from iiae_jax.data import DATASETS, DatasetNotFoundError, PairedData, ZeroShotDa
 
 def test_datasets_lists_every_name_with_its_kind():
   assert set(DATASETS) == {"digits_cdcb", "digits_zs", "sketchy", "mnist_cdcb", "facades",
-                           "maps", "cars"}
+                           "maps", "cars", "synthetic_sketchy"}
   for name, info in DATASETS.items():
     assert info.kind in ("paired", "zero_shot") and info.description
-  assert DATASETS["sketchy"].kind == DATASETS["digits_zs"].kind == "zero_shot"
+  assert (DATASETS["sketchy"].kind == DATASETS["digits_zs"].kind
+          == DATASETS["synthetic_sketchy"].kind == "zero_shot")
   assert DATASETS["digits_cdcb"].kind == DATASETS["facades"].kind == "paired"
 
 

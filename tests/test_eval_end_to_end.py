@@ -150,10 +150,15 @@ def test_digits_zs_train_then_eval_py_reports_zero_shot_retrieval(tmp_path):
   ks = (5, 50)
   expected = {"map_all", "num_queries", "queries_without_relevant"} | {
       f"{m}@{k}{x}" for k in ks for m, x in (("precision", ""), ("map", ""), ("map", "_reference"))}
-  assert set(results["metrics"]) == {f"zs_retrieval/{k}" for k in expected}
+  # Two evaluators: unseen classes (test split) and seen classes (train split).
+  assert set(results["metrics"]) == {f"{name}/{k}" for name in ("zs_retrieval", "zs_retrieval_seen")
+                                     for k in expected}
   assert results["metrics"]["zs_retrieval/num_queries"] == test["num_sketches"]
-  for k in expected - {"num_queries", "queries_without_relevant"}:
-    assert 0.0 <= results["metrics"][f"zs_retrieval/{k}"] <= 1.0
+  assert (results["metrics"]["zs_retrieval_seen/num_queries"]
+          == results["datasets"]["train"]["num_sketches"])
+  for name in ("zs_retrieval", "zs_retrieval_seen"):
+    for k in expected - {"num_queries", "queries_without_relevant"}:
+      assert 0.0 <= results["metrics"][f"{name}/{k}"] <= 1.0
   assert results["artifacts"] == []
   assert "zs_retrieval/map@50_reference" in (tmp_path / "report" / "index.html").read_text()
   # The training run evaluated zero-shot retrieval too (on test: the config has no valid split).

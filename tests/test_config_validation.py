@@ -1,0 +1,175 @@
+"""Pins config validation: impossible values fail at start-up, each by its field name."""
+import importlib
+import os
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from iiae_jax import evaluation, trainer
+from iiae_jax.config_validation import ConfigError, validate_config
+from tests.helpers import ROOT, tiny_train_config
+
+CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                      if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_shipped_config_is_valid(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  validate_config(config, num_devices=1)
+
+
+def _features():
+  return tiny_train_config("digits_zs")
+
+
+def _images():
+  return tiny_train_config("digits_cdcb")
+
+
+# (config maker, field path, bad value, what the message must say)
+BAD_VALUES = [
+    (_features, "loss.beta", -1.0, "loss.beta must be >= 0, got -1.0"),
+    (_features, "loss.lam", -0.5, "loss.lam must be >= 0, got -0.5"),
+    (_features, "loss.recon_weight", -10.0, "loss.recon_weight must be >= 0"),
+    (_features, "loss.class_weight", -1.0, "loss.class_weight must be >= 0"),
+    (_features, "loss.annealing_rate", 0.0, "loss.annealing_rate must be > 0"),
+    (_features, "loss.recon", "l3", "loss.recon must be one of ['l1', 'l2']"),
+    (_features, "loss.beta", float("nan"), "loss.beta must be >= 0, got nan"),
+    (_features, "optimizer.learning_rate", 0.0, "optimizer.learning_rate must be > 0"),
+    (_features, "optimizer.learning_rate", -1e-3, "optimizer.learning_rate must be > 0"),
+    (_features, "optimizer.b1", 1.0, "optimizer.b1 must be in [0, 1)"),
+    (_features, "optimizer.b2", -0.1, "optimizer.b2 must be in [0, 1)"),
+    (_features, "optimizer.eps", 0.0, "optimizer.eps must be > 0"),
+    (_features, "optimizer.name", "sgd", "optimizer.name must be one of ['adam']"),
+    (_images, "training.batch_size", -8, "training.batch_size must be an integer >= 0"),
+    (_features, "training.num_steps", -1, "training.num_steps must be an integer >= 0"),
+    (_features, "training.log_every", 0, "training.log_every must be an integer >= 1"),
+    (_features, "training.checkpoint_every", -5, "training.checkpoint_every must be an integer >= 1"),
+    (_features, "training.max_to_keep", 0, "training.max_to_keep must be an integer >= 1"),
+    (_features, "training.steps_per_call", 0, "training.steps_per_call must be an integer >= 1"),
+    (_features, "training.eval_every", -1, "training.eval_every must be an integer >= 0"),
+    (_features, "training.progress_bar", "maybe", "training.progress_bar must be one of"),
+    (_features, "model.neef", 0, "model.neef must be an integer >= 1"),
+    (_features, "model.shdim", -4, "model.shdim must be an integer >= 1"),
+    (_features, "model.x_dim", 0, "model.x_dim must be an integer >= 1"),
+    (_features, "model.shared_posterior", "mixture", "model.shared_posterior must be one of ['joint', 'poe']"),
+    (_features, "model.num_classes", -1, "model.num_classes must be an integer >= 0"),
+    (_images, "model.architecture", "transformer", "model.architecture must be one of"),
+    (_images, "model.resolution", 24, "model.resolution must be a power of two"),
+    (_images, "model.latent_resolution", 3, "model.latent_resolution must be a power of two"),
+    (_images, "model.latent_resolution", 8, "model.resolution must be at least 4 x model.latent_resolution"),
+    (_images, "model.dropout_rate", 1.0, "model.dropout_rate must be in [0, 1)"),
+    (_images, "model.channels", 0, "model.channels must be an integer >= 1"),
+    (_features, "distributed.heartbeat_timeout_seconds", 0, "distributed.heartbeat_timeout_seconds must be an integer >= 1"),
+    (_features, "distributed.process_id", 2, "distributed.process_id must be < distributed.num_processes (1)"),
+]
+
+
+def _set(config, path, value):
+  *groups, field = path.split(".")
+  node = config
+  for g in groups:
+    node = node[g]
+  with node.ignore_type():
+    node[field] = value
+
+
+@pytest.mark.parametrize("make,path,value,message", BAD_VALUES,
+                         ids=[f"{p}={v}" for _, p, v, _ in BAD_VALUES])
+def test_an_impossible_value_is_refused_naming_the_field(make, path, value, message):
+  config = make()
+  validate_config(config)                     # valid before the change
+  _set(config, path, value)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  assert message in str(e.value)
+
+
+def test_a_missing_required_field_is_named():
+  config = _images()
+  del config.model["neef"]
+  with pytest.raises(ConfigError, match=r"model.neef is missing \(it must be an integer >= 1\)"):
+    validate_config(config)
+
+
+def test_neither_num_steps_nor_num_epochs_is_refused():
+  config = _features()
+  config.training.num_steps = 0
+  config.training.num_epochs = 0
+  with pytest.raises(ConfigError, match=r"training.num_steps or training.num_epochs must be > 0"):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("entry,message", [
+    (dict(type="zs_retrieval", ks=(0, 5)), "evals.bad.ks must hold positive integers"),
+    (dict(type="zs_retrieval", ks=(-100,)), "evals.bad.ks must hold positive integers"),
+    (dict(type="zs_retrieval", ks=(2.5,)), "evals.bad.ks must hold positive integers"),
+    (dict(type="no_such_eval"), "evals.bad.type is 'no_such_eval'; known evaluator types"),
+    (dict(type="paired_retrieval", batch_size=0), "evals.bad.batch_size must be a positive integer"),
+    (dict(type="translation_grid", num_examples=0), "evals.bad.num_examples must be an integer >= 1"),
+    (dict(type="paired_retrieval", colour="red"), "evals.bad (paired_retrieval): unknown field(s) ['colour']"),
+])
+def test_an_impossible_evals_entry_is_refused_naming_it(entry, message):
+  config = _features()
+  config.evals = ml_collections.ConfigDict({"bad": entry})
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  assert message in str(e.value)
+
+
+def test_every_bad_field_is_listed_in_one_error():
+  config = _images()
+  config.loss.beta = -1.0
+  config.model.resolution = 48
+  config.training.steps_per_call = 0
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  lines = str(e.value).splitlines()
+  assert len(lines) == 4    # the header and one line per field
+  assert "loss.beta" in lines[1] and "training.steps_per_call" in lines[2] and "model.resolution" in lines[3]
+
+
+def test_a_batch_that_does_not_divide_the_devices_is_refused():
+  config = _images()
+  config.training.batch_size = 12
+  validate_config(config, num_devices=4)
+  with pytest.raises(ConfigError, match=r"training.batch_size = 12 must be a positive multiple of the "
+                                        r"number of devices \(8\)"):
+    validate_config(config, num_devices=8)
+  config.training.batch_size = 0            # zero-shot: one pair per class, checked once data is known
+  validate_config(config, num_devices=8)
+
+
+def test_train_and_evaluate_validates_before_creating_the_workdir(tmp_path):
+  config = _images()
+  config.loss.lam = -1.0
+  started = time.perf_counter()
+  with pytest.raises(ConfigError, match=r"loss.lam must be >= 0, got -1.0"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()    # nothing created, nothing loaded
+  assert time.perf_counter() - started < 5
+
+
+def test_evaluate_checkpoint_validates_before_reading_the_workdir(tmp_path):
+  config = _images()
+  config.evals = ml_collections.ConfigDict({"zs": dict(type="zs_retrieval", ks=(0,))})
+  with pytest.raises(ConfigError, match=r"evals.zs.ks must hold positive integers"):
+    evaluation.evaluate_checkpoint(config, str(tmp_path / "nowhere"), echo=None)
+  assert not (tmp_path / "nowhere").exists()
+
+
+def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_cdcb.py"),
+         f"--workdir={workdir}", "--config.loss.beta=-1", "--config.model.resolution=48"]
+  proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0
+  assert "loss.beta must be >= 0, got -1.0" in proc.stderr
+  assert "model.resolution must be a power of two" in proc.stderr
+  assert not workdir.exists()
+
