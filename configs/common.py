@@ -45,7 +45,7 @@ def get_config():
   config.model = model_features()
   config.loss = loss(beta=0.5, recon_weight=10.0, recon="l2", annealing_rate=2000.0)
   config.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=2e-4, b1=0.5, b2=0.999, eps=1e-8, flatten=True))
+      name="adam", learning_rate=2e-4, b1=0.5, b2=0.999, eps=1e-8, flatten=False))
   config.training = ml_collections.ConfigDict(dict(
       batch_size=100,        # global, split across every device of every host
       num_steps=0,           # 0: derive from num_epochs
