@@ -85,8 +85,54 @@ def _conv(n, ctx, before_norm=False):
 def _conv_transpose(n, ctx, before_norm=False):
   if before_norm:
     return PreNorm("conv_transpose", n, ctx.dtype)
-  return nn.ConvTranspose(n, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_conv_init,
-                          dtype=ctx.dtype)
+  return ConvTranspose(n, dtype=ctx.dtype)
+
+
+# Sub-pixel form of a 4x4, stride-2, "SAME" transposed convolution (flax/lax layout):
+# output row 2m is W[0] x[m-1] + W[2] x[m] and row 2m+1 is W[1] x[m] + W[3] x[m+1]
+# (likewise for columns), so each of the four output phases is a 2x2 stride-1
+# convolution of the input with kernel rows/columns a, a+2 (kernel[a::2]) over
+# input rows m+a-1, m+a (phase 0 reaches back one pixel, phase 1 forward one).
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`, computed fast.
+
+  Same parameters (kernel (4, 4, in, out), optional bias) and the same outputs
+  (tested against flax), evaluated as four 2x2 stride-1 convolutions, one per
+  output phase (each a matrix product over 4 shifted views), interleaved. XLA's generic form convolves a zero-dilated input:
+  4x the multiply-adds, and on XLA:CPU its kernel gradient ran ~100x slower
+  (9 s for one 8x64x64x64 -> 128x128x128 layer).
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    c_in, c_out = h.shape[-1], self.features
+    kernel = jnp.asarray(self.param("kernel", _conv_init, (4, 4, c_in, c_out), jnp.float32), self.dtype)
+    # The 3x3 neighbourhood of every input pixel, as 9 shifted views (i, j = -1, 0, +1):
+    # each phase is then one matrix product of 4 of them with its 2x2 taps, so the forward
+    # pass and both gradients are plain dots (fast everywhere, XLA:CPU included).
+    height, width = h.shape[1:3]
+    padded = jnp.pad(h.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    view = lambda i, j: padded[:, 1 + i:1 + i + height, 1 + j:1 + j + width]
+    rows = []
+    for a in range(2):
+      phases = []
+      for b in range(2):
+        shifts = [(a - 1 + i, b - 1 + j) for i in range(2) for j in range(2)]
+        patches = jnp.concatenate([view(i, j) for i, j in shifts], axis=-1)   # (B, H, W, 4 in)
+        taps = kernel[a::2, b::2]                   # (2, 2, in, out)
+        phases.append(patches @ taps.reshape(4 * c_in, c_out))
+      rows.append(jnp.stack(phases, axis=3))                    # (B, H, W, b, C)
+    out = jnp.stack(rows, axis=2)                               # (B, H, a, W, b, C)
+    batch, height, _, width = out.shape[:4]
+    out = out.reshape(batch, 2 * height, 2 * width, c_out)
+    if self.use_bias:
+      out = out + self.param("bias", nn.initializers.zeros_init(), (c_out,), jnp.float32).astype(out.dtype)
+    return out
 
 
 class PreNorm(nn.Module):
@@ -107,10 +153,11 @@ class PreNorm(nn.Module):
   def __call__(self, h):
     if self.kind == "dense":
       layer = nn.Dense(self.features, use_bias=False, kernel_init=_dense_init, dtype=self.dtype)
+    elif self.kind == "conv":
+      layer = nn.Conv(self.features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                      kernel_init=_conv_init, dtype=self.dtype)
     else:
-      cls = nn.Conv if self.kind == "conv" else nn.ConvTranspose
-      layer = cls(self.features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                  kernel_init=_conv_init, dtype=self.dtype)
+      layer = ConvTranspose(self.features, use_bias=False, dtype=self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     out = layer(h)
     return out + jax.lax.stop_gradient(bias).astype(out.dtype)
