@@ -187,14 +187,14 @@ def validate_config(config, *, num_devices: Optional[int] = None) -> None:
   _check_evals(c)
   if num_devices is not None:
     try:
-      check_batch_layout(config, num_devices)
+      _check_batch_layout(config, num_devices)
     except ConfigError as e:
       c.errors.append(str(e))
   if c.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(c.errors))
 
 
-def check_batch_layout(config, num_devices: int) -> None:
+def _check_batch_layout(config, num_devices: int) -> None:
   """training.batch_size must split evenly over `num_devices` (0: one pair per class, checked later)."""
   batch = config.training.get("batch_size")
   if _is_int(batch) and batch > 0 and batch % num_devices:

@@ -292,7 +292,8 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
   """
   config_validation.validate_config(config)  # every field, before anything loads or compiles
   parallel.initialize(config.distributed)
-  config_validation.check_batch_layout(config, jax.device_count())
+  if int(config.training.batch_size):  # 0: one pair per class, checked once the data are known
+    parallel.check_batch_size(int(config.training.batch_size))  # before any data loads
   main = parallel.is_main_process()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

@@ -166,6 +166,21 @@ def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_the_last_checkpoint
   assert max(steps) == 8                           # nothing saved after the fault
 
 
+def test_a_faulty_state_is_never_evaluated(tmp_path):
+  """The host checks the recorded fault before each evaluation (nothing else logs or saves here)."""
+  config = tiny_train_config("digits_zs", num_steps=20)
+  config.training.update(log_every=1000, checkpoint_every=1000, eval_every=2)
+  config.optimizer.learning_rate = 1e30            # blows up within a few steps
+  evaluated = []
+
+  def evaluate(model, variables, step):
+    evaluated.append(all(np.isfinite(a).all() for a in jax.tree.leaves(variables["params"])))
+    return {}
+  with pytest.raises(trainer.NumericalFault):
+    _train(config, tmp_path, evaluate=evaluate)
+  assert all(evaluated)
+
+
 def test_fault_mask_names_the_offending_sources():
   mask = (1 << trainer.FAULT_SOURCES.index("data x")) | (1 << trainer.FAULT_SOURCES.index("kl_zs"))
   message = trainer.describe_fault(17, mask)
