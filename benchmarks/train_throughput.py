@@ -63,10 +63,10 @@ def measure(name, steps, steps_per_call, dtype):
   replicated = parallel.replicate(state)
   k = steps_per_call
   t0 = time.perf_counter()
-  compiled = call.lower(replicated, train_input.host_inputs(0, k), resident).compile()
+  compiled = call.compile(replicated, train_input.host_inputs(0, k), resident)
   compile_s = time.perf_counter() - t0
   # Per-step FLOPs from the one-step program (cost analysis counts a loop body once).
-  one = compiled if k == 1 else call.lower(replicated, train_input.host_inputs(0, 1), resident).compile()
+  one = compiled if k == 1 else call.compile(replicated, train_input.host_inputs(0, 1), resident)
   cost = one.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) * jax.local_device_count() if cost else 0.0

@@ -141,22 +141,62 @@ def describe_fault(step: int, mask: int) -> str:
           "optimizer.learning_rate.")
 
 
-def make_train_call(model, optimizer, weights, train_input) -> Callable:
+# XLA:CPU options for the training program. Copy insertion with region analysis
+# proves that the in-place update of the loop-carried state (parameters, Adam
+# moments) needs no defensive copies; without it every step copies most of them
+# (~13% of a Sketchy step on CPU, benchmarks/train_throughput.py).
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+class TrainCall:
+  """A pmapped function, compiled once per input shapes with the backend's compiler options.
+
+  Called like the pmapped function; `lower` and `compile` expose the stages
+  (benchmarks read the cost analysis of the compiled program). Runs of several
+  processes call the pmapped function itself: ahead-of-time compiled pmap
+  programs do not take process-local arguments there.
+  """
+
+  def __init__(self, pmapped: Callable):
+    self._pmapped = pmapped
+    self._compiled: Dict[Any, Any] = {}
+    self.compiler_options = dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+    self._aot = bool(self.compiler_options) and jax.process_count() == 1
+
+  def lower(self, *args):
+    return self._pmapped.lower(*args)
+
+  def compile(self, *args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((a.shape, a.dtype) for a in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = self.lower(*args).compile(compiler_options=self.compiler_options)
+    return self._compiled[key]
+
+  def __call__(self, *args):
+    return self.compile(*args)(*args) if self._aot else self._pmapped(*args)
+
+
+def make_train_call(model, optimizer, weights, train_input) -> TrainCall:
   """The pmapped call that runs k steps (lax.scan): (state, inputs, resident) -> (state, metrics)."""
 
   def device_call(state, inputs, resident):
+    # On one device the collectives (gradient mean, batch-norm statistics, fault flags)
+    # are identities that still cost a rendezvous each: leave them out.
+    axis_name = parallel.AXIS if jax.lax.axis_size(parallel.AXIS) > 1 else None
+
     def body(state, step_inputs):
       data_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), 1)
       batch = train_input.make_batch(step_inputs, resident, data_key)
       return train_step(state, batch, model=model, optimizer=optimizer, weights=weights,
-                        axis_name=parallel.AXIS)
+                        axis_name=axis_name)
     k = jax.tree.leaves(inputs)[0].shape[0]
     if k == 1:  # no loop: XLA:CPU runs convolutions inside while loops up to 15x slower
       state, metrics = body(state, jax.tree.map(lambda a: a[0], inputs))
       return state, jax.tree.map(lambda a: a[None], metrics)
     return jax.lax.scan(body, state, inputs)
 
-  return jax.pmap(device_call, axis_name=parallel.AXIS, donate_argnums=(0,))
+  return TrainCall(jax.pmap(device_call, axis_name=parallel.AXIS, donate_argnums=(0,)))
 
 
 def total_steps(config, train_input) -> int:
