@@ -167,8 +167,9 @@ class TrainCall:
     return self._pmapped.lower(*args)
 
   def compile(self, *args):
-    leaves, treedef = jax.tree.flatten(args)
-    key = (treedef, tuple((a.shape, a.dtype) for a in leaves))
+    # The state and the resident data keep their shapes for the life of a train call;
+    # the host inputs (steps per call, streamed batches) decide which program runs.
+    key = tuple((a.shape, a.dtype) for a in jax.tree.leaves(args[1:-1]))
     if key not in self._compiled:
       self._compiled[key] = self.lower(*args).compile(compiler_options=self.compiler_options)
     return self._compiled[key]

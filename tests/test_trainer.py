@@ -207,3 +207,27 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path):
   assert int(one.step) == int(three.step) == 7
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_matches_pmap():
+  """The train call's compiler options change speed, not results; one program per call length."""
+  import jax.numpy as jnp
+  from iiae_jax import input_pipeline, models, parallel
+  config = tiny_train_config("digits_zs", num_steps=4)
+  model = models.build_model(config.model)
+  train_input = input_pipeline.make_train_input(config)
+  optimizer = trainer.make_optimizer(config.optimizer)
+  x_shape, y_shape = models.input_shapes(config.model)
+  state = trainer.create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
+  call = trainer.make_train_call(model, optimizer, dict(config.loss), train_input)
+  assert call.compiler_options == trainer.CPU_COMPILER_OPTIONS
+  resident = parallel.replicate(train_input.resident())
+  out = {}
+  for name, fn in (("options", call), ("plain pmap", call._pmapped)):
+    replicated = parallel.replicate(state)
+    for step, k in ((0, 2), (2, 1), (3, 1)):
+      replicated, _ = fn(replicated, train_input.host_inputs(step, k), resident)
+    out[name] = flat_leaves(parallel.unreplicate(replicated))
+  assert len(call._compiled) == 2                   # 2 steps per call, then 1
+  for leaf, value in out["plain pmap"].items():
+    np.testing.assert_allclose(out["options"][leaf], value, rtol=1e-6, atol=1e-7, err_msg=leaf)
