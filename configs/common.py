@@ -38,6 +38,28 @@ def data(name, **options):
       valid_split="", flip=False, options=ml_collections.ConfigDict(options)))
 
 
+def image_recipe(config, name, architecture, beta, recon_weight, annealing_rate, num_epochs,
+                 evals=("paired_retrieval",)):
+  """SPEC §4 for the 256x256 image datasets (§3b/§3c): dataset, model, loss, batch 8, evals.
+
+  Paired retrieval runs on the validation split every `eval_every` steps and the
+  best checkpoint by the §4 rule is kept under <workdir>/best; translation grids
+  (§5c) run on the test split.
+  """
+  config.data = data(name, resolution=256)
+  config.model = model_images(architecture, resolution=256, latent_resolution=8)
+  config.loss = loss(beta=beta, recon_weight=recon_weight, recon="l1", annealing_rate=annealing_rate)
+  config.training.batch_size = 8
+  config.training.num_epochs = num_epochs
+  config.training.eval_every = 5000
+  if "paired_retrieval" in evals:
+    config.data.valid_split = "valid"
+    config.evals.paired_retrieval = dict(type="paired_retrieval", split="valid")
+  if "translation_grid" in evals:
+    config.evals.translation_grid = dict(type="translation_grid", split="test", num_examples=8, num_samples=4)
+  return config
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0

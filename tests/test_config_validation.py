@@ -173,3 +173,20 @@ def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
   assert "model.resolution must be a power of two" in proc.stderr
   assert not workdir.exists()
 
+
+
+@pytest.mark.parametrize("name,dataset,batch", [
+    ("sketchy", "sketchy", 100), ("mnist_cdcb", "mnist_cdcb", 8), ("facades", "facades", 8),
+    ("maps", "maps", 8), ("cars", "cars", 8)])
+def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset, batch):
+  """SPEC §4's table: each shipped config reads its own dataset at the paper's batch size."""
+  import importlib
+  from iiae_jax import data, models
+  config = importlib.import_module(f"configs.{name}").get_config()
+  validate_config(config, num_devices=1)
+  assert config.data.name == dataset and dataset in data.DATASETS
+  assert config.training.batch_size == batch
+  if config.model.architecture != "features":
+    assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
+  for spec in config.evals.values():
+    assert spec["split"] in data.DATASETS[dataset].splits

@@ -164,3 +164,20 @@ def test_digits_zs_train_then_eval_py_reports_zero_shot_retrieval(tmp_path):
   # The training run evaluated zero-shot retrieval too (on test: the config has no valid split).
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("zs_retrieval/map_all" in record for record in logged if record["kind"] == "eval")
+
+
+def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layout(tmp_path):
+  """configs/mnist_cdcb.py (model shrunk, 32x32) on train/val/test pair files: trains, evaluates, keeps the best."""
+  from tests.test_data_pix2pix import write_pix2pix
+  write_pix2pix(str(tmp_path / "data" / "mnist_cdcb"), count=8, size=32)
+  config = _load_config(os.path.join(ROOT, "configs", "mnist_cdcb.py"))
+  config.data.data_dir = str(tmp_path / "data")
+  config.data.options.resolution = config.model.resolution = 32
+  config.model.latent_resolution = 4
+  config.model.update(dict(neef=4, nsef=4, ndf=4))
+  config.training.update(dict(num_steps=2, num_epochs=0, eval_every=2, log_every=1, progress_bar="off"))
+  workdir = tmp_path / "run"
+  state = trainer.train_and_evaluate(config, str(workdir),
+                                     evaluate=evaluation.training_evaluator(config, str(workdir)))
+  assert int(state.step) == 2
+  assert os.path.isdir(workdir / "best")
