@@ -77,13 +77,13 @@ def measure(name, steps, steps_per_call, dtype):
 
   def time_steps(n):
     """Seconds per step over n more steps (the state carries on from the last call)."""
-    replicated, step = carry["state"], carry["step"]
-    t0, end = time.perf_counter(), step + n
-    while step < end:
+    replicated, start = carry["state"], carry["step"]
+    step, t0 = start, time.perf_counter()
+    while step < start + n:
       replicated, metrics = call(replicated, train_input.host_inputs(step, k), resident)
       step += k
     jax.block_until_ready(replicated)
-    dt = (time.perf_counter() - t0) / (step - end + n)
+    dt = (time.perf_counter() - t0) / (step - start)
     carry.update(state=replicated, step=step, loss=float(np.asarray(metrics["loss"]).reshape(-1)[-1]))
     return dt
 

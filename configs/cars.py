@@ -9,6 +9,5 @@ from configs import common
 
 
 def get_config():
-  config = common.get_config()
-  return common.image_recipe(config, 'cars', 'flat', beta=0.02, recon_weight=1000.0,
-                             annealing_rate=100.0, num_epochs=50, evals=('translation_grid',))
+  return common.image_recipe("cars", "flat", beta=0.02, recon_weight=1000.0,
+                             annealing_rate=100.0, num_epochs=50, evals=("translation_grid",))

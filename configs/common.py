@@ -38,7 +38,7 @@ def data(name, **options):
       valid_split="", flip=False, options=ml_collections.ConfigDict(options)))
 
 
-def image_recipe(config, name, architecture, beta, recon_weight, annealing_rate, num_epochs,
+def image_recipe(name, architecture, beta, recon_weight, annealing_rate, num_epochs,
                  evals=("paired_retrieval",)):
   """SPEC §4 for the 256x256 image datasets (§3b/§3c): dataset, model, loss, batch 8, evals.
 
@@ -46,6 +46,7 @@ def image_recipe(config, name, architecture, beta, recon_weight, annealing_rate,
   best checkpoint by the §4 rule is kept under <workdir>/best; translation grids
   (§5c) run on the test split.
   """
+  config = get_config()
   config.data = data(name, resolution=256)
   config.model = model_images(architecture, resolution=256, latent_resolution=8)
   config.loss = loss(beta=beta, recon_weight=recon_weight, recon="l1", annealing_rate=annealing_rate)

@@ -9,6 +9,5 @@ from configs import common
 
 
 def get_config():
-  config = common.get_config()
-  return common.image_recipe(config, 'facades', 'spatial', beta=0.001, recon_weight=1000.0,
-                             annealing_rate=25000.0, num_epochs=300, evals=('paired_retrieval',))
+  return common.image_recipe("facades", "spatial", beta=0.001, recon_weight=1000.0,
+                             annealing_rate=25000.0, num_epochs=300, evals=("paired_retrieval",))

@@ -10,6 +10,5 @@ from configs import common
 
 
 def get_config():
-  config = common.get_config()
-  return common.image_recipe(config, 'mnist_cdcb', 'spatial', beta=0.2, recon_weight=1000.0,
-                             annealing_rate=25000.0, num_epochs=10, evals=('paired_retrieval', 'translation_grid'))
+  return common.image_recipe("mnist_cdcb", "spatial", beta=0.2, recon_weight=1000.0,
+                             annealing_rate=25000.0, num_epochs=10, evals=("paired_retrieval", "translation_grid"))
