@@ -39,12 +39,12 @@ def data(name, **options):
 
 
 def image_recipe(name, architecture, beta, recon_weight, annealing_rate, num_epochs,
-                 evals=("paired_retrieval",)):
+                 evals=("paired_retrieval",), select_from_epoch=0):
   """SPEC §4 for the 256x256 image datasets (§3b/§3c): dataset, model, loss, batch 8, evals.
 
-  Paired retrieval runs on the validation split every `eval_every` steps and the
-  best checkpoint by the §4 rule is kept under <workdir>/best; translation grids
-  (§5c) run on the test split.
+  Paired retrieval runs on the validation split after every epoch, and the best
+  checkpoint by the §4 rule among those from epoch `select_from_epoch` on is
+  kept under <workdir>/best; translation grids (§5c) run on the test split.
   """
   config = get_config()
   config.data = data(name, resolution=256)
@@ -52,8 +52,9 @@ def image_recipe(name, architecture, beta, recon_weight, annealing_rate, num_epo
   config.loss = loss(beta=beta, recon_weight=recon_weight, recon="l1", annealing_rate=annealing_rate)
   config.training.batch_size = 8
   config.training.num_epochs = num_epochs
-  config.training.eval_every = 5000
   if "paired_retrieval" in evals:
+    config.training.eval_every_epochs = 1
+    config.training.select_from_epoch = select_from_epoch
     config.data.valid_split = "valid"
     config.evals.paired_retrieval = dict(type="paired_retrieval", split="valid")
   if "translation_grid" in evals:
@@ -78,7 +79,9 @@ def get_config():
       log_every=100,
       checkpoint_every=1000,
       max_to_keep=2,
-      eval_every=0,          # 0: evaluate only at the end
+      eval_every=0,          # steps between evaluations; 0: only at the end
+      eval_every_epochs=0,   # epochs between evaluations (overrides eval_every when > 0)
+      select_from_epoch=0,   # evaluations before the end of this epoch do not compete for <workdir>/best
       progress_bar="auto",   # "auto" (a terminal), "on" or "off"
   ))
   config.evals = ml_collections.ConfigDict()

@@ -10,4 +10,5 @@ from configs import common
 
 def get_config():
   return common.image_recipe("facades", "spatial", beta=0.001, recon_weight=1000.0,
-                             annealing_rate=25000.0, num_epochs=300, evals=("paired_retrieval",))
+                             annealing_rate=25000.0, num_epochs=300, evals=("paired_retrieval",),
+                             select_from_epoch=299)

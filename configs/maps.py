@@ -10,4 +10,5 @@ from configs import common
 
 def get_config():
   return common.image_recipe("maps", "spatial", beta=0.02, recon_weight=20000.0,
-                             annealing_rate=25000.0, num_epochs=400, evals=("paired_retrieval",))
+                             annealing_rate=25000.0, num_epochs=400, evals=("paired_retrieval",),
+                             select_from_epoch=399)

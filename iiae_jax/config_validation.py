@@ -111,7 +111,15 @@ def _check_training(c: _Checker) -> None:
   for field in ("log_every", "checkpoint_every", "max_to_keep"):
     c.int_at_least("training", field, 1, required=field != "max_to_keep")
   c.int_at_least("training", "steps_per_call", 1)
-  c.int_at_least("training", "eval_every", 0)
+  every = c.int_at_least("training", "eval_every", 0)
+  every_epochs = c.int_at_least("training", "eval_every_epochs", 0)
+  if every and every_epochs:
+    c.errors.append(f"training.eval_every = {every} and training.eval_every_epochs = {every_epochs}: "
+                    "set one of them (the other to 0)")
+  select_from = c.int_at_least("training", "select_from_epoch", 0)
+  if select_from and steps == 0 and epochs and select_from > epochs:
+    c.errors.append(f"training.select_from_epoch = {select_from} is after the last epoch "
+                    f"(training.num_epochs = {epochs})")
   c.boolean("training", "resident_data")
   c.one_of("training", "progress_bar", PROGRESS_BARS)
 

@@ -200,6 +200,18 @@ def make_train_call(model, optimizer, weights, train_input) -> TrainCall:
   return TrainCall(jax.pmap(device_call, axis_name=parallel.AXIS, donate_argnums=(0,)))
 
 
+def evaluation_schedule(training, steps_per_epoch: int):
+  """(eval_every, select_from) in steps from `config.training`.
+
+  `eval_every_epochs` > 0 overrides `eval_every` (steps; 0 = only at the end).
+  Evaluations before the end of epoch `select_from_epoch` are logged but do not
+  compete for the best checkpoint (SPEC §4: "checkpoints from epoch N").
+  """
+  every_epochs = int(training.get("eval_every_epochs", 0))
+  eval_every = every_epochs * steps_per_epoch if every_epochs > 0 else int(training.get("eval_every", 0))
+  return eval_every, int(training.get("select_from_epoch", 0)) * steps_per_epoch
+
+
 def total_steps(config, train_input) -> int:
   t = config.training
   if int(t.get("num_steps", 0)) > 0:
@@ -326,9 +338,10 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
                        allow_config_change: bool = False, argv=None) -> TrainState:
   """Trains (resuming from `<workdir>/checkpoints` if there are any) and evaluates.
 
-  `evaluate(model, variables, step) -> metrics` runs at `training.eval_every`
-  steps and at the end (on every process; only process 0 writes); when it
-  reports paired-retrieval metrics, the best checkpoint by the SPEC §4 rule is
+  `evaluate(model, variables, step) -> metrics` runs every `training.eval_every`
+  steps (or `eval_every_epochs` epochs) and at the end (on every process; only
+  process 0 writes); when it reports paired-retrieval metrics, the best
+  checkpoint by the SPEC §4 rule among those from epoch `select_from_epoch` on is
   kept in `<workdir>/best`. Returns the final train state on the host.
   """
   config_validation.validate_config(config)  # every field, before anything loads or compiles
@@ -364,7 +377,11 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   t = config.training
   k = max(1, int(t.get("steps_per_call", 1)))
   log_every, ckpt_every = int(t.log_every), int(t.checkpoint_every)
-  eval_every = int(t.get("eval_every", 0))
+  eval_every, select_from = evaluation_schedule(t, train_input.steps_per_epoch)
+  if select_from > num_steps:
+    raise ValueError(f"training.select_from_epoch = {t.select_from_epoch} starts model selection at "
+                     f"step {select_from}, after the last step ({num_steps}): no checkpoint could be "
+                     f"kept as the best")
 
   x_shape, y_shape = models.input_shapes(config.model)
   state = create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
@@ -430,7 +447,8 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         writer.write(step, scalars)
         progress.update(step, scalars)
       if evaluate is not None and (at(eval_every) or step == num_steps):
-        best_score = _evaluate(evaluate, model, replicated, step, writer, best, best_score)
+        best_score = _evaluate(evaluate, model, replicated, step, writer,
+                               best if step >= select_from else None, best_score)
       if at(ckpt_every) or step == num_steps or stop:
         save(step, force=True)
       if stop and step < num_steps:

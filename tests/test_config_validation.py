@@ -52,6 +52,8 @@ BAD_VALUES = [
     (_features, "training.max_to_keep", 0, "training.max_to_keep must be an integer >= 1"),
     (_features, "training.steps_per_call", 0, "training.steps_per_call must be an integer >= 1"),
     (_features, "training.eval_every", -1, "training.eval_every must be an integer >= 0"),
+    (_features, "training.eval_every_epochs", -1, "training.eval_every_epochs must be an integer >= 0"),
+    (_features, "training.select_from_epoch", 1.5, "training.select_from_epoch must be an integer >= 0"),
     (_features, "training.progress_bar", "maybe", "training.progress_bar must be one of"),
     (_features, "model.neef", 0, "model.neef must be an integer >= 1"),
     (_features, "model.shdim", -4, "model.shdim must be an integer >= 1"),
@@ -121,6 +123,20 @@ def test_an_impossible_evals_entry_is_refused_naming_it(entry, message):
   assert message in str(e.value)
 
 
+def test_a_selection_epoch_after_the_last_epoch_is_refused():
+  config = _features()
+  config.training.update(num_steps=0, num_epochs=10, select_from_epoch=11)
+  with pytest.raises(ConfigError, match=r"training.select_from_epoch = 11 is after the last epoch \(training.num_epochs = 10\)"):
+    validate_config(config)
+
+
+def test_evaluating_by_steps_and_by_epochs_at_once_is_refused():
+  config = _features()
+  config.training.update(eval_every=100, eval_every_epochs=1)
+  with pytest.raises(ConfigError, match=r"training.eval_every = 100 and training.eval_every_epochs = 1: set one"):
+    validate_config(config)
+
+
 def test_every_bad_field_is_listed_in_one_error():
   config = _images()
   config.loss.beta = -1.0
@@ -175,17 +191,21 @@ def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
 
 
 
-@pytest.mark.parametrize("name,dataset,batch", [
-    ("sketchy", "sketchy", 100), ("mnist_cdcb", "mnist_cdcb", 8), ("facades", "facades", 8),
-    ("maps", "maps", 8), ("cars", "cars", 8)])
-def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset, batch):
-  """SPEC §4's table: each shipped config reads its own dataset at the paper's batch size."""
+@pytest.mark.parametrize("name,dataset,batch,select_from_epoch", [
+    ("sketchy", "sketchy", 100, 0), ("mnist_cdcb", "mnist_cdcb", 8, 6), ("facades", "facades", 8, 299),
+    ("maps", "maps", 8, 399), ("cars", "cars", 8, 0)])
+def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset, batch, select_from_epoch):
+  """SPEC §4's table: each config reads its own dataset at the paper's batch size and selects
+  checkpoints from the paper's epoch on, evaluating after every epoch."""
   import importlib
   from iiae_jax import data, models
   config = importlib.import_module(f"configs.{name}").get_config()
   validate_config(config, num_devices=1)
   assert config.data.name == dataset and dataset in data.DATASETS
   assert config.training.batch_size == batch
+  assert config.training.select_from_epoch == select_from_epoch
+  if select_from_epoch:
+    assert config.training.eval_every_epochs == 1 and "paired_retrieval" in config.evals
   if config.model.architecture != "features":
     assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
   for spec in config.evals.values():

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from PIL import Image
 
-from iiae_jax import evaluation, trainer
+from iiae_jax import checkpointing, evaluation, trainer
 from iiae_jax.evaluation import grids
 from tests.helpers import ROOT
 
@@ -175,9 +175,12 @@ def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layou
   config.data.options.resolution = config.model.resolution = 32
   config.model.latent_resolution = 4
   config.model.update(dict(neef=4, nsef=4, ndf=4))
-  config.training.update(dict(num_steps=2, num_epochs=0, eval_every=2, log_every=1, progress_bar="off"))
+  config.training.update(dict(num_epochs=7, log_every=1, progress_bar="off"))  # 1 step per epoch
   workdir = tmp_path / "run"
   state = trainer.train_and_evaluate(config, str(workdir),
                                      evaluate=evaluation.training_evaluator(config, str(workdir)))
-  assert int(state.step) == 2
-  assert os.path.isdir(workdir / "best")
+  assert int(state.step) == 7
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in logged if r["kind"] == "eval"] == list(range(1, 8))  # after every epoch
+  best = checkpointing.Checkpoints(str(workdir / "best")).steps()
+  assert best and min(best) >= 6                   # SPEC §4: checkpoints from epoch 6 on

@@ -181,6 +181,36 @@ def test_a_faulty_state_is_never_evaluated(tmp_path):
   assert all(evaluated)
 
 
+def _paired_metrics(shared, exclusive_hits=0):
+  return {"paired_retrieval/shared_x_to_y": shared, "paired_retrieval/shared_y_to_x": shared,
+          "paired_retrieval/exclusive_x_to_y_hits": exclusive_hits,
+          "paired_retrieval/exclusive_y_to_x_hits": exclusive_hits}
+
+
+def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path):
+  """SPEC §4: evaluations every epoch; earlier ones are logged but do not compete for best/."""
+  config = tiny_train_config("digits_cdcb", batch_size=10064 // 2)   # 2 steps per epoch
+  config.training.update(num_steps=0, num_epochs=4, eval_every_epochs=1, select_from_epoch=2,
+                         checkpoint_every=1000)
+  scores = {2: 0.9, 4: 0.5, 6: 0.7, 8: 0.6}       # the best overall (epoch 1) is too early
+
+  def evaluate(model, variables, step):
+    return _paired_metrics(scores[step], exclusive_hits=2 if step == 4 else 0)
+  _train(config, tmp_path, evaluate=evaluate)
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in logged if r["kind"] == "eval"] == [2, 4, 6, 8]
+  # Step 4 (epoch 2) is eligible but its exclusive latents identify pairs; step 6 wins.
+  assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [6]
+
+
+def test_a_selection_epoch_after_the_last_step_is_refused_before_training(tmp_path):
+  config = tiny_train_config("digits_cdcb", num_steps=3)
+  config.training.select_from_epoch = 1             # 629 steps per epoch at batch 16
+  with pytest.raises(ValueError, match=r"training.select_from_epoch = 1 starts model selection at step 629"):
+    _train(config, tmp_path, evaluate=lambda *a: {})
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_fault_mask_names_the_offending_sources():
   mask = (1 << trainer.FAULT_SOURCES.index("data x")) | (1 << trainer.FAULT_SOURCES.index("kl_zs"))
   message = trainer.describe_fault(17, mask)
