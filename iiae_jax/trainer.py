@@ -35,8 +35,8 @@ FAULT_SOURCES = ("data x", "data y") + tuple(t for t in objective.TERMS if t != 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = ("training.num_steps", "training.num_epochs", "training.log_every",
                     "training.checkpoint_every", "training.max_to_keep", "training.eval_every",
-                    "training.progress_bar", "training.steps_per_call", "training.resident_data",
-                    "data.data_dir", "evals", "distributed")
+                    "training.eval_every_epochs", "training.progress_bar", "training.steps_per_call",
+                    "training.resident_data", "data.data_dir", "evals", "distributed")
 
 
 class NumericalFault(FloatingPointError):
