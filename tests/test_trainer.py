@@ -189,7 +189,9 @@ def _paired_metrics(shared, exclusive_hits=0):
 
 def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path):
   """SPEC §4: evaluations every epoch; earlier ones are logged but do not compete for best/."""
-  config = tiny_train_config("digits_cdcb", batch_size=10064 // 2)   # 2 steps per epoch
+  from iiae_jax import input_pipeline
+  n = input_pipeline.make_train_input(tiny_train_config("digits_cdcb")).num_examples
+  config = tiny_train_config("digits_cdcb", batch_size=n // 2)       # 2 steps per epoch
   config.training.update(num_steps=0, num_epochs=4, eval_every_epochs=1, select_from_epoch=2,
                          checkpoint_every=1000)
   scores = {2: 0.9, 4: 0.5, 6: 0.7, 8: 0.6}       # the best overall (epoch 1) is too early
@@ -205,8 +207,9 @@ def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path)
 
 def test_a_selection_epoch_after_the_last_step_is_refused_before_training(tmp_path):
   config = tiny_train_config("digits_cdcb", num_steps=3)
-  config.training.select_from_epoch = 1             # 629 steps per epoch at batch 16
-  with pytest.raises(ValueError, match=r"training.select_from_epoch = 1 starts model selection at step 629"):
+  config.training.select_from_epoch = 1             # hundreds of steps per epoch at batch 16
+  with pytest.raises(ValueError, match=r"training.select_from_epoch = 1 starts model selection at step \d+, "
+                                       r"after the last step \(3\)"):
     _train(config, tmp_path, evaluate=lambda *a: {})
   assert not os.path.exists(tmp_path / "checkpoints")
 
