@@ -203,7 +203,8 @@ def make_train_call(model, optimizer, weights, train_input) -> TrainCall:
 def evaluation_schedule(training, steps_per_epoch: int):
   """(eval_every, select_from) in steps from `config.training`.
 
-  `eval_every_epochs` > 0 overrides `eval_every` (steps; 0 = only at the end).
+  Evaluations run every `eval_every` steps or, when `eval_every_epochs` > 0,
+  every that many epochs (config validation refuses both; 0 = only at the end).
   Evaluations before the end of epoch `select_from_epoch` are logged but do not
   compete for the best checkpoint (SPEC §4: "checkpoints from epoch N").
   """
