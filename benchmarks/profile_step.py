@@ -10,6 +10,11 @@ of --repeats runs of --n calls):
   optimiser        the Adam update alone, on one flat vector and per array
   train step       trainer.train_step (all of the above + fault checks)
   train call       the trainer's pmapped call with the host's per-call work
+
+Then (XLA:CPU only; --trace_calls=0 skips it) an XLA profile of the trainer's
+call with --steps_per_call steps per call, analysed by benchmarks/step_trace.py:
+op time per part of the step and per kind of op, each thread's busy time, and
+the longest dependency chain through one step.
 """
 import argparse
 import os
@@ -23,6 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import step_trace  # noqa: E402
 from benchmarks.train_throughput import make_config, make_input  # noqa: E402
 from iiae_jax import models, objective, parallel, trainer  # noqa: E402
 
@@ -45,6 +51,8 @@ def main():
   parser.add_argument("--model", default="sketchy")
   parser.add_argument("--n", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps_per_call", type=int, default=10, help="of the traced call")
+  parser.add_argument("--trace_calls", type=int, default=3, help="calls to trace (0: no trace)")
   args = parser.parse_args()
   config = make_config(args.model, 1, "float32")
   model = models.build_model(config.model)
@@ -95,6 +103,31 @@ def main():
     print(f"{name:36s} {ms:8.2f} ms")
   print(f"{'backward (difference)':36s} {t['forward+backward'] - t['forward']:8.2f} ms")
   print(f"{'host + dispatch (call - step)':36s} {t['train call (pmap + host inputs)'] - t['train step (jit)']:8.2f} ms")
+  if args.trace_calls > 0 and jax.default_backend() == "cpu":
+    print_trace(call, parallel.replicate(state), train_input, resident, args)
+
+
+def print_trace(call, state, train_input, resident, args):
+  """The XLA:CPU profile of the train call, per step (benchmarks/step_trace.py)."""
+  k = args.steps_per_call
+  compiled = call.compile(state, train_input.host_inputs(0, k), resident)
+  carry = {"state": state, "step": 0}
+
+  def run():
+    carry["state"], metrics = compiled(carry["state"], train_input.host_inputs(carry["step"], k), resident)
+    carry["step"] += k
+    return metrics
+  a = step_trace.analyse(compiled.as_text(), step_trace.trace_events(run, args.trace_calls))
+  busy = " + ".join(f"{ms:.1f}" for ms in sorted(a["thread_busy_ms"].values(), reverse=True))
+  print(f"\n# XLA:CPU profile of the train call ({k} steps per call, {a['steps']} steps traced), per step")
+  print(f"{'span (first to last op)':36s} {a['span_ms']:8.2f} ms")
+  print(f"{'op time, all threads':36s} {a['op_ms']:8.2f} ms  (threads busy: {busy} ms)")
+  print(f"{'longest dependency chain':36s} {a['critical_ms']:8.2f} ms")
+  longest = sorted(a["critical_path"], key=lambda op: -op[1])[:4]
+  print("  its longest ops: " + ", ".join(
+      f"{ms:.2f} ms {name} ({scope.split('/', 4)[-1]})" for name, ms, scope in longest))
+  for title, table in (("by part", a["by_part"]), ("by kind", a["by_kind"])):
+    print(f"op time {title}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in table.items()) + " ms")
 
 
 def time_chain(fn, carry, args):

@@ -115,15 +115,19 @@ def train_step(state: TrainState, batch, *, model, optimizer, weights, axis_name
   batch_stats = aux["batch_stats"]
   if axis_name is not None:
     grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
-  metrics["grad_norm"] = optax.tree.norm(grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  # Named scopes label the ops in XLA profiles (benchmarks/profile_step.py --trace).
+  with jax.named_scope("grad_norm"):
+    metrics["grad_norm"] = optax.tree.norm(grads)
+  with jax.named_scope("optimizer_update"):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
 
-  flags = [_nonfinite(x), _nonfinite(y)] + [_nonfinite(metrics[t]) for t in objective.TERMS if t != "c_t"]
-  flags += [_nonfinite(total), _nonfinite(metrics["grad_norm"])]
-  flags = jnp.stack(flags)
-  if axis_name is not None:
-    flags = jax.lax.pmax(flags.astype(jnp.int32), axis_name).astype(bool)
+  with jax.named_scope("fault_checks"):
+    flags = [_nonfinite(x), _nonfinite(y)] + [_nonfinite(metrics[t]) for t in objective.TERMS if t != "c_t"]
+    flags += [_nonfinite(total), _nonfinite(metrics["grad_norm"])]
+    flags = jnp.stack(flags)
+    if axis_name is not None:
+      flags = jax.lax.pmax(flags.astype(jnp.int32), axis_name).astype(bool)
   fault = jnp.any(flags)
   first = state.fault_step < 0
   mask = jnp.sum(flags.astype(jnp.int32) << jnp.arange(len(FAULT_SOURCES), dtype=jnp.int32))
@@ -188,7 +192,8 @@ def make_train_call(model, optimizer, weights, train_input) -> TrainCall:
 
     def body(state, step_inputs):
       data_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), 1)
-      batch = train_input.make_batch(step_inputs, resident, data_key)
+      with jax.named_scope("input_batch"):
+        batch = train_input.make_batch(step_inputs, resident, data_key)
       return train_step(state, batch, model=model, optimizer=optimizer, weights=weights,
                         axis_name=axis_name)
     k = jax.tree.leaves(inputs)[0].shape[0]
