@@ -141,9 +141,8 @@ def analyse(hlo_text: str, events: Iterable[Event]) -> Dict:
   # The step: the computation (entry or a loop body) whose own ops take the most time.
   leaf_ns = lambda comp: sum(own_ns[n] for n in computations[comp]
                              if instructions[n].opcode not in CONTAINERS)
-  step = max((c for c in computations if c == entry or any(
-      c in instructions[n].called and instructions[n].opcode == "while" for n in instructions)),
-      key=leaf_ns)
+  loops = {c for ins in instructions.values() if ins.opcode == "while" for c in ins.called}
+  step = max((c for c in computations if c == entry or c in loops), key=leaf_ns)
   steps = max(count[n] for n in computations[step])
   per_step = lambda ns: ns / steps / 1e6
 
@@ -182,14 +181,15 @@ def analyse(hlo_text: str, events: Iterable[Event]) -> Dict:
     chain.append(name)
     name = pred[name]
 
-  starts = [s for iv in leaf_intervals.values() for s, _ in iv]
-  ends = [e for iv in leaf_intervals.values() for _, e in iv]
+  span_ns = (max(e for iv in leaf_intervals.values() for _, e in iv)
+             - min(s for iv in leaf_intervals.values() for s, _ in iv))
+  busy_ns = {thread: _union_ns(iv) for thread, iv in leaf_intervals.items()}
   return dict(
       steps=steps,
-      span_ms=per_step(max(ends) - min(starts)),
+      span_ms=per_step(span_ns),
       op_ms=per_step(sum(by_part.values())),
-      thread_busy_ms={t: per_step(_union_ns(iv)) for t, iv in leaf_intervals.items()
-                      if _union_ns(iv) >= 0.01 * max(ends) - 0.01 * min(starts)},
+      # Threads that ran ops for at least 1% of the span (not the caller's, which runs a few).
+      thread_busy_ms={t: per_step(ns) for t, ns in busy_ns.items() if ns >= 0.01 * span_ns},
       critical_ms=finish[chain[0]] / 1e6,
       critical_path=[(n, own_ns[n] / steps / 1e6, scope(n)) for n in reversed(chain) if own_ns[n]],
       by_part={k: per_step(v) for k, v in by_part.most_common()},
