@@ -115,7 +115,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, weights, axis_name
   batch_stats = aux["batch_stats"]
   if axis_name is not None:
     grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
-  # Named scopes label the ops in XLA profiles (benchmarks/profile_step.py --trace).
+  # Named scopes label the ops in XLA profiles (benchmarks/step_trace.py).
   with jax.named_scope("grad_norm"):
     metrics["grad_norm"] = optax.tree.norm(grads)
   with jax.named_scope("optimizer_update"):
