@@ -245,6 +245,7 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path):
 def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_matches_pmap():
   """The train call's compiler options change speed, not results; one program per call length."""
   import jax.numpy as jnp
+  from benchmarks import step_trace
   from iiae_jax import input_pipeline, models, parallel
   config = tiny_train_config("digits_zs", num_steps=4)
   model = models.build_model(config.model)
@@ -262,5 +263,10 @@ def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_match
       replicated, _ = fn(replicated, train_input.host_inputs(step, k), resident)
     out[name] = flat_leaves(parallel.unreplicate(replicated))
   assert len(call._compiled) == 2                   # 2 steps per call, then 1
+  # The program names the scopes by which benchmarks/step_trace.py attributes op time
+  # (read from the lowered program: a cached executable may keep older op names).
+  text = call.lower(parallel.replicate(state), train_input.host_inputs(0, 2), resident).as_text(debug_info=True)
+  for part, scopes in step_trace.PARTS[:3]:
+    assert all(f"{scope}/" in text for scope in scopes), part
   for leaf, value in out["plain pmap"].items():
     np.testing.assert_allclose(out["options"][leaf], value, rtol=1e-6, atol=1e-7, err_msg=leaf)
