@@ -210,3 +210,22 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
     assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
   for spec in config.evals.values():
     assert spec["split"] in data.DATASETS[dataset].splits
+
+
+@pytest.mark.parametrize("split,num_classes", [("1", 100), ("2", 104)])
+def test_each_sketchy_split_config_takes_one_pair_per_training_class(split, num_classes):
+  """SPEC §4/§5a: the batch is one pair per training class (100 on split 1, 104 on split 2);
+  the class-balanced input refuses any other batch, so a wrong config fails before training."""
+  import numpy as np
+  from configs import sketchy
+  from iiae_jax import input_pipeline
+  from iiae_jax.data.types import ZeroShotData
+  config = sketchy.get_config(split)
+  validate_config(config, num_devices=1)
+  assert config.model.num_classes == num_classes
+  labels = np.arange(2 * num_classes, dtype=np.int32) % num_classes
+  features = np.ones((len(labels), 512), np.float32)
+  data = ZeroShotData("sketchy", "train", features, labels, features, labels,
+                      [f"class_{c}" for c in range(num_classes)])
+  pipeline = input_pipeline.ZeroShotInput(config, data)
+  assert pipeline.global_batch == num_classes and pipeline.steps_per_epoch == 2
