@@ -164,7 +164,8 @@ class PreNorm(nn.Module):
 
 
 def _split(h: jax.Array) -> Gaussian:
-  mean, logvar = jnp.split(h, 2, axis=-1)
+  """(mean | logvar) -> a float32 posterior; the logvar clip of SPEC §2 is exact under bfloat16 too."""
+  mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
   return Gaussian(mean, D.clip_logvar(logvar))
 
 
@@ -457,13 +458,13 @@ class IIAE(nn.Module):
     """r^domain(z_s | v): the shared posterior inferred from one domain."""
     self._check(domain, v, domain)
     posterior, _ = self._parts(domain)[1](v, self._ctx(train, axis_name))
-    return _f32(posterior)
+    return posterior
 
   def encode_exclusive(self, v, domain: str = "x", train: bool = False, axis_name=None) -> Gaussian:
     """q(z_domain | v): the exclusive posterior."""
     self._check(domain, v, domain)
     posterior, _ = self._parts(domain)[0](v, self._ctx(train, axis_name))
-    return _f32(posterior)
+    return posterior
 
   def decode(self, z_s, z_exclusive, domain: str = "x"):
     """p(domain | z_domain, z_s) in evaluation mode (running statistics, no dropout)."""
@@ -500,7 +501,6 @@ class IIAE(nn.Module):
       q_zs = self.joint_encoder(h_x, h_y, ctx)
     else:
       q_zs = D.product_of_experts([r_zs_x, r_zs_y], prior_expert=self.prior_expert)
-    q_zx, q_zy, q_zs, r_zs_x, r_zs_y = map(_f32, (q_zx, q_zy, q_zs, r_zs_x, r_zs_y))
 
     def latent(posterior, name):
       if not train:
@@ -518,10 +518,6 @@ class IIAE(nn.Module):
     if self.num_classes:
       out["logits"] = self.classifier(z_s.reshape(z_s.shape[0], -1)).astype(jnp.float32)
     return out
-
-
-def _f32(g: Gaussian) -> Gaussian:
-  return Gaussian(g.mean.astype(jnp.float32), g.logvar.astype(jnp.float32))
 
 
 def input_shapes(model_config) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -31,6 +31,17 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
   dense_outputs = [v for path, v in jax.tree_util.tree_leaves_with_path(intermediates)
                    if "Dense" in jax.tree_util.keystr(path)]
   assert dense_outputs and all(v.dtype == jnp.bfloat16 for v in dense_outputs)
+  for name in ("q_zx", "q_zy", "q_zs", "r_zs_x", "r_zs_y"):
+    assert out[name].mean.dtype == out[name].logvar.dtype == jnp.float32, name
+
+
+def test_bfloat16_posteriors_clip_logvar_at_the_exact_bound():
+  """SPEC §2's cap 9.21035 (variance 1e4) is not a bfloat16 number (it would round to 9.1875):
+  the posterior is cast to float32 before the clip."""
+  from iiae_jax import distributions
+  posterior = models._split(jnp.full((2, 8), 20.0, jnp.bfloat16))  # pylint: disable=protected-access
+  assert posterior.logvar.dtype == jnp.float32
+  assert (posterior.logvar == jnp.float32(distributions.MAX_LOGVAR)).all()
 
 
 def _train_seen_map(tmp_path, dtype):
