@@ -42,9 +42,10 @@ def image_recipe(name, architecture, beta, recon_weight, annealing_rate, num_epo
                  evals=("paired_retrieval",), select_from_epoch=0):
   """SPEC §4 for the 256x256 image datasets (§3b/§3c): dataset, model, loss, batch 8, evals.
 
-  Paired retrieval runs on the validation split after every epoch, and the best
-  checkpoint by the §4 rule among those from epoch `select_from_epoch` on is
-  kept under <workdir>/best; translation grids (§5c) run on the test split.
+  During training paired retrieval runs on the validation split after every
+  epoch, and the best checkpoint by the §4 rule among those from epoch
+  `select_from_epoch` on is kept under <workdir>/best; eval.py reports it on
+  the test split (§5b). Translation grids (§5c) run on the test split.
   """
   config = get_config()
   config.data = data(name, resolution=256)
@@ -56,7 +57,7 @@ def image_recipe(name, architecture, beta, recon_weight, annealing_rate, num_epo
     config.training.eval_every_epochs = 1
     config.training.select_from_epoch = select_from_epoch
     config.data.valid_split = "valid"
-    config.evals.paired_retrieval = dict(type="paired_retrieval", split="valid")
+    config.evals.paired_retrieval = dict(type="paired_retrieval", split="test")
   if "translation_grid" in evals:
     config.evals.translation_grid = dict(type="translation_grid", split="test", num_examples=8, num_samples=4)
   return config

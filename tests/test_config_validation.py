@@ -206,6 +206,8 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
   assert config.training.select_from_epoch == select_from_epoch
   if select_from_epoch:
     assert config.training.eval_every_epochs == 1 and "paired_retrieval" in config.evals
+    # Selection on the validation split during training; eval.py reports the test split (§5b).
+    assert config.data.valid_split == "valid" and config.evals.paired_retrieval.split == "test"
   if config.model.architecture != "features":
     assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
   for spec in config.evals.values():
