@@ -265,6 +265,9 @@ def zero_shot_retrieval(query, query_labels, gallery, gallery_labels,
                      f"{q.shape} and gallery shape {g.shape}")
   ql = _labels(query_labels, q.shape[0], "query_labels", "query")
   gl = _labels(gallery_labels, g.shape[0], "gallery_labels", "gallery")
+  if (ql.dtype.kind in "US") != (gl.dtype.kind in "US"):  # else np.unique would equate 1 and "1"
+    raise ValueError(f"query_labels ({ql.dtype}) and gallery_labels ({gl.dtype}) must both be "
+                     "numbers or both be strings")
   ks = _positive_ints(ks)
   chunk_size = _positive_ints(chunk_size, "chunk_size")[0]
   threads = _num_threads(num_threads)

@@ -229,6 +229,9 @@ def test_bad_retrieval_inputs_raise_naming_the_argument():
     zero_shot_retrieval(q, ql, g, gl, chunk_size=0)
   with pytest.raises(ValueError, match=r"must be real-valued"):
     zero_shot_retrieval(q.astype(complex), ql, g, gl)
+  # Mixed label kinds: np.unique would silently take the number 1 for the string "1".
+  with pytest.raises(ValueError, match=r"query_labels \(int64\) and gallery_labels \(<U1\) must both"):
+    zero_shot_retrieval(q, ql, g, [str(c) for c in gl])
 
 
 def test_extreme_magnitudes_neither_overflow_nor_vanish():
