@@ -348,7 +348,11 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
   steps (or `eval_every_epochs` epochs) and at the end (on every process; only
   process 0 writes); when it reports paired-retrieval metrics, the best
   checkpoint by the SPEC §4 rule among those from epoch `select_from_epoch` on is
-  kept in `<workdir>/best`. Returns the final train state on the host.
+  kept in `<workdir>/best`. If `evaluate` has a `prepare()` attribute, it is
+  called before the first step (`evaluation.training_evaluator` loads its
+  splits there, so a missing one fails at start-up, not after an epoch). When
+  an evaluation raises, the state it evaluated is checkpointed before the
+  error propagates. Returns the final train state on the host.
   """
   config_validation.validate_config(config)  # every field, before anything loads or compiles
   parallel.initialize(config.distributed)
@@ -388,6 +392,9 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     raise ValueError(f"training.select_from_epoch = {t.select_from_epoch} starts model selection at "
                      f"step {select_from}, after the last step ({num_steps}): no checkpoint could be "
                      f"kept as the best")
+
+  if evaluate is not None and hasattr(evaluate, "prepare"):
+    evaluate.prepare()
 
   x_shape, y_shape = models.input_shapes(config.model)
   state = create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
@@ -453,8 +460,12 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         writer.write(step, scalars)
         progress.update(step, scalars)
       if evaluate is not None and (at(eval_every) or step == num_steps):
-        best_score = _evaluate(evaluate, model, replicated, step, writer,
-                               best if step >= select_from else None, best_score)
+        try:
+          best_score = _evaluate(evaluate, model, replicated, step, writer,
+                                 best if step >= select_from else None, best_score)
+        except Exception:
+          save(step, force=True)  # the trained state outlives a failed evaluation
+          raise
       if at(ckpt_every) or step == num_steps or stop:
         save(step, force=True)
       if stop and step < num_steps:

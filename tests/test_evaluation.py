@@ -424,3 +424,31 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
   with pytest.raises(ValueError, match="own folder"):
     evaluation.evaluate_checkpoint(config, str(workdir), "latest", out_dir=str(workdir / "checkpoints"),
                                    datasets=datasets, echo=None)
+
+
+def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
+  """A rerun of the same evaluation may rewrite its folder; another checkpoint or other
+  evaluators into that folder are refused, and the earlier results stay as they were."""
+  model, variables = features
+  config = _config("features", {"pr": dict(type="paired_retrieval")})
+  workdir, out = tmp_path / "run", tmp_path / "report"
+  for step in (5, 9):
+    _save_checkpoint(config, str(workdir), step=step, variables=variables)
+  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
+  run = lambda checkpoint, cfg=config: evaluation.evaluate_checkpoint(
+      cfg, str(workdir), checkpoint, out_dir=str(out), config_name="configs/x.py", datasets=datasets,
+      echo=None)
+  run("5")
+  run("5")                                                              # the same evaluation again
+  before = _listing(out)
+  with pytest.raises(evaluation.UsageError, match=r"results of another evaluation .*step 5"):
+    run("9")
+  other = _config("features", {"pr": dict(type="paired_retrieval", max_examples=3)})
+  with pytest.raises(evaluation.UsageError, match="results of another evaluation"):
+    run("5", other)
+  assert _listing(out) == before
+  assert json.loads((out / "results.json").read_text())["checkpoint"]["step"] == 5
+  (out / "results.json").write_text("{not json")
+  with pytest.raises(evaluation.UsageError, match="cannot be read as results"):
+    run("5")
+  assert (out / "results.json").read_text() == "{not json"

@@ -181,6 +181,36 @@ def test_a_faulty_state_is_never_evaluated(tmp_path):
   assert all(evaluated)
 
 
+def test_a_missing_evaluation_split_fails_before_the_first_step(tmp_path, monkeypatch):
+  """A split the data lack (here data.valid_split) is found when the run starts, not at its first
+  evaluation (an epoch later on the image recipes)."""
+  from iiae_jax import evaluation
+  config = tiny_train_config("digits_zs", num_steps=4)
+  config.data.valid_split = "valid"                # digits_zs has train and test only
+  config.evals.zs = dict(type="zs_retrieval", split="test", ks=(5,))
+  calls = []
+  monkeypatch.setattr(trainer, "make_train_call", lambda *a, **k: calls.append(1))
+  with pytest.raises(ValueError, match=r"dataset 'digits_zs' has splits .*, got 'valid'"):
+    _train(config, tmp_path, evaluate=evaluation.training_evaluator(config, str(tmp_path)))
+  assert not calls
+
+
+def test_a_failing_evaluation_keeps_the_state_it_evaluated(tmp_path):
+  """The evaluation's error propagates, but the trained state is checkpointed first (no
+  checkpoint was due at that step), and the rerun resumes from it."""
+  config = tiny_train_config("digits_zs", num_steps=8)
+  config.training.update(checkpoint_every=1000, eval_every=4)
+
+  def failing(model, variables, step):
+    raise RuntimeError(f"evaluation broke at step {step}")
+  with pytest.raises(RuntimeError, match="evaluation broke at step 4"):
+    _train(config, tmp_path, evaluate=failing)
+  assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [4]
+  evaluated = []
+  _train(config, tmp_path, evaluate=lambda model, variables, step: evaluated.append(step) or {})
+  assert evaluated == [8]
+
+
 def _paired_metrics(shared, exclusive_hits=0):
   return {"paired_retrieval/shared_x_to_y": shared, "paired_retrieval/shared_y_to_x": shared,
           "paired_retrieval/exclusive_x_to_y_hits": exclusive_hits,

@@ -348,6 +348,12 @@ class EvaluationSuite:
       results.update(evaluator(model, variables, step, out_dir))
     return results
 
+  def load_data(self) -> None:
+    """Loads every split the evaluators read (kept for them): a missing split fails now."""
+    for evaluator in self.evaluators:
+      for split in evaluator.splits():
+        self.datasets(split)
+
   @property
   def artifacts(self) -> List[str]:
     return [path for e in self.evaluators for path in e.artifacts]
@@ -379,4 +385,5 @@ def training_evaluator(config, workdir: str, *, datasets: Optional[Datasets] = N
     return suite(model, variables, step, out_dir)
 
   evaluate.suite = suite
+  evaluate.prepare = suite.load_data  # the trainer calls it before the first step
   return evaluate

@@ -163,6 +163,39 @@ def _check_out_dir(out_dir: str, workdir: str) -> None:
                        "choose a separate output directory")
 
 
+def _identity(results: Dict[str, Any]) -> Tuple:
+  """What makes two reports the same evaluation: the checkpoint and the evaluators."""
+  ck = results.get("checkpoint") or {}
+  return results.get("workdir"), ck.get("path"), ck.get("step"), results.get("config")
+
+
+def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
+  """Only a rerun of the same evaluation may replace <out_dir>/results.json (and its images)."""
+  path = os.path.join(out_dir, "results.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path} exists but cannot be read as results ({e}); it is left as it is: "
+                     "choose another --out, or move it away") from e
+  if not isinstance(old, dict) or _identity(old) != _identity(header):
+    ck = old.get("checkpoint", {}) if isinstance(old, dict) else {}
+    raise UsageError(
+        f"{path} holds the results of another evaluation (checkpoint {ck.get('path')!r}, step "
+        f"{ck.get('step')}, config {(old.get('config') or {}).get('name') if isinstance(old, dict) else None!r}); "
+        "it is left as it is: choose another --out, or move that folder away")
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a crash never leaves it half-written)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def _jsonable(value):
   if isinstance(value, dict):
     return {str(k): _jsonable(v) for k, v in value.items()}
@@ -184,9 +217,11 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
 
   Each evaluator runs on its own split (the test split by default). Writes
   results.json, index.html and the image grids into `out_dir` (default
-  <workdir>/eval_<kind>_<step>/, kind = best | latest | step), overwriting
-  only those files, and prints a table of the metrics through `echo`
-  (None: silent). Returns the content of results.json.
+  <workdir>/eval_<kind>_<step>/, kind = best | latest | step) and prints a
+  table of the metrics through `echo` (None: silent). A folder that already
+  holds results is written only by a rerun of the same evaluation (same
+  checkpoint and evaluators); any other is refused (UsageError), and the
+  files are replaced whole. Returns the content of results.json.
   """
   config_validation.validate_config(config)
   echo = echo or (lambda _: None)
@@ -200,24 +235,22 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
   suite = evaluators_lib.EvaluationSuite.from_config(config, training=False, datasets=datasets)
   if not suite.evaluators:
     echo(f"note: config {config_name} has no evals entries; nothing to evaluate")
-  metrics = suite(model, variables, info["step"], out_dir)
-  results = {
+  header = _jsonable({
       "schema_version": RESULTS_SCHEMA_VERSION,
       "config": {"name": config_name, "dataset": config.data.get("name"),
                  "architecture": config.model.get("architecture"),
                  "evals": {e.name: dict(e.options) for e in suite.evaluators}},
       "workdir": os.path.abspath(workdir),
       "checkpoint": info,
-      "datasets": suite.datasets.sizes(),
-      "metrics": metrics,
-      "artifacts": [os.path.relpath(p, out_dir) for p in suite.artifacts],
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  }
-  results = _jsonable(results)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=False)
-  with open(os.path.join(out_dir, "index.html"), "w") as f:
-    f.write(render_html(results))
+  })
+  _refuse_other_results(out_dir, header)
+  metrics = suite(model, variables, info["step"], out_dir)
+  results = _jsonable(dict(
+      header, datasets=suite.datasets.sizes(), metrics=metrics,
+      artifacts=[os.path.relpath(p, out_dir) for p in suite.artifacts],
+      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
+  _write_atomically(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, sort_keys=False))
+  _write_atomically(os.path.join(out_dir, "index.html"), render_html(results))
   echo(format_table(results))
   echo(f"wrote {os.path.join(out_dir, 'results.json')} and {os.path.join(out_dir, 'index.html')}")
   return results
