@@ -53,11 +53,17 @@ class Checkpoints:
     steps = self.steps()
     return steps[-1] if steps else None
 
-  def save(self, step: int, state: Any, meta: Dict[str, Any], force: bool = False) -> None:
+  def save(self, step: int, state: Any, meta: Dict[str, Any], force: bool = False,
+           replace: bool = False) -> None:
     """Starts an asynchronous save of host (numpy) or device arrays.
 
-    Host arrays get a CRC-32 in the record, checked on restore.
+    Host arrays get a CRC-32 in the record, checked on restore. With `replace`,
+    a checkpoint already kept at `step` is deleted first (else saving it again
+    is an error).
     """
+    if replace and int(step) in self._manager.all_steps():
+      self._manager.wait_until_finished()
+      self._manager.delete(int(step))
     meta = dict(meta, **{CHECKSUMS_KEY: checksums(state)})
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)

@@ -254,6 +254,17 @@ def config_differences(saved: Dict[str, Any], current: Dict[str, Any]):
           if not resumable(f) and saved.get(f, "<absent>") != current.get(f, "<absent>")]
 
 
+def refuse_other_config(saved: Dict[str, Any], current: Dict[str, Any], where: str,
+                        allow_config_change: bool) -> None:
+  """Raises CheckpointError listing the differing fields, unless there are none or it is allowed."""
+  diffs = config_differences(saved, current)
+  if diffs and not allow_config_change:
+    listed = "\n".join(f"  {f}: {a!r} (checkpoint) != {b!r} (now)" for f, a, b in diffs)
+    raise checkpointing.CheckpointError(
+        f"{where} holds a run of a different config; refusing to resume. Differing fields:\n"
+        f"{listed}\nUse another --workdir, or pass --allow_config_change to resume anyway.")
+
+
 class WorkdirLock:
   """An exclusive lock on `<workdir>/.lock`, held while a run trains there."""
 
@@ -402,20 +413,18 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), int(t.max_to_keep))
   best = checkpointing.Checkpoints(os.path.join(workdir, "best"), 1) if evaluate else None
   best_score = None
-  if checkpoints.latest_step() is not None:
+  resumed = checkpoints.latest_step() is not None
+  if resumed:
     saved = checkpoints.read_meta().get("config", {})  # the newest readable record
-    diffs = config_differences(saved, flat_config)
-    if diffs and not allow_config_change:
-      listed = "\n".join(f"  {f}: {a!r} (checkpoint) != {b!r} (now)" for f, a, b in diffs)
-      raise checkpointing.CheckpointError(
-          f"{workdir} holds a run of a different config; refusing to resume. Differing fields:\n"
-          f"{listed}\nUse another --workdir, or pass --allow_config_change to resume anyway.")
+    refuse_other_config(saved, flat_config, workdir, allow_config_change)
     # A damaged newest checkpoint is skipped (and set aside) for the newest valid one.
     state, meta, step = checkpoints.restore(state, set_aside_damaged=True)
     state = jax.tree.map(jnp.asarray, state)
     best_score = meta.get("best_score")
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
-  elif main:
+  if best is not None and best.latest_step() is not None:
+    best_score = _kept_best_score(best, flat_config, allow_config_change, best_score)
+  if main and not resumed:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
   if main and argv is not None:
@@ -462,7 +471,7 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
       if evaluate is not None and (at(eval_every) or step == num_steps):
         try:
           best_score = _evaluate(evaluate, model, replicated, step, writer,
-                                 best if step >= select_from else None, best_score)
+                                 best if step >= select_from else None, best_score, flat_config)
         except Exception:
           save(step, force=True)  # the trained state outlives a failed evaluation
           raise
@@ -495,7 +504,24 @@ def _mean_metrics(pending) -> Dict[str, float]:
           for k in keys}
 
 
-def _evaluate(evaluate, model, replicated, step, writer, best, best_score):
+def _kept_best_score(best, flat_config, allow_config_change, fallback):
+  """The score recorded with the checkpoint kept in <workdir>/best.
+
+  A rerun (after a crash, or from scratch) replaces it only with a better one,
+  whatever the regular checkpoint it resumes from recorded (which may predate
+  that best). `fallback` is used when the record cannot be read.
+  """
+  try:
+    meta = best.read_meta(best.latest_step())
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
+    logging.warning("the record of the best checkpoint in %s cannot be read (%s); a better "
+                    "evaluation will replace it", best.directory, e)
+    return fallback
+  refuse_other_config(meta.get("config", flat_config), flat_config, best.directory, allow_config_change)
+  return meta.get("score", fallback)
+
+
+def _evaluate(evaluate, model, replicated, step, writer, best, best_score, flat_config):
   host = jax.device_get(parallel.unreplicate(replicated))
   metrics = evaluate(model, host.variables, step)
   if not metrics:
@@ -506,5 +532,7 @@ def _evaluate(evaluate, model, replicated, step, writer, best, best_score):
   score = selection_score(metrics)
   if best is not None and score is not None and (best_score is None or score > best_score):
     best_score = score
-    best.save(step, host, {"score": score, "metrics": metrics, "step": int(step)}, force=True)
+    # replace: a rerun may reach the kept step again (and score it a little higher).
+    best.save(step, host, {"score": score, "metrics": metrics, "step": int(step), "config": flat_config},
+              force=True, replace=True)
   return best_score

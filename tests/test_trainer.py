@@ -235,6 +235,30 @@ def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path)
   assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [6]
 
 
+def test_a_rerun_replaces_the_kept_best_only_with_a_better_one(tmp_path):
+  """best/ can hold a step newer than the checkpoint a rerun resumes from (killed between the two
+  saves): the rerun compares with best/'s own record, may reach that step again and score it a
+  little higher (a replay is not always bitwise), and a fresh start keeps a better earlier best."""
+  import shutil
+  config = tiny_train_config("digits_zs", num_steps=8)
+  config.training.update(checkpoint_every=4, eval_every=2)
+  run = lambda scores, **kw: _train(config, tmp_path, evaluate=lambda m, v, step: _paired_metrics(scores[step]), **kw)
+  kept = lambda: [(s, checkpointing.Checkpoints(str(tmp_path / "best")).read_meta(s)["score"])
+                  for s in checkpointing.Checkpoints(str(tmp_path / "best")).steps()]
+  run({2: 0.1, 4: 0.2, 6: 0.3, 8: 0.4})
+  assert kept() == [(8, 0.8)]                     # selection_score: X->Y + Y->X
+  shutil.rmtree(tmp_path / "checkpoints" / "8")   # the run resumes from step 4
+  run({6: 0.35, 8: 0.41})
+  assert kept() == [(8, 0.82)]
+  shutil.rmtree(tmp_path / "checkpoints")          # a fresh start next to best/
+  run({2: 0.1, 4: 0.2, 6: 0.3, 8: 0.4})
+  assert kept() == [(8, 0.82)]
+  shutil.rmtree(tmp_path / "checkpoints")
+  config.loss.beta = 0.9                           # best/ of another config is not compared with
+  with pytest.raises(checkpointing.CheckpointError, match=r"best holds a run of a different config"):
+    run({})
+
+
 def test_a_selection_epoch_after_the_last_step_is_refused_before_training(tmp_path):
   config = tiny_train_config("digits_cdcb", num_steps=3)
   config.training.select_from_epoch = 1             # hundreds of steps per epoch at batch 16
