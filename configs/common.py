@@ -34,7 +34,7 @@ def loss(beta, recon_weight, recon, annealing_rate, lam=1.0, class_weight=0.0):
 def data(name, **options):
   """Which dataset, where it lives, and how it is read (see iiae_jax.data.load)."""
   return ml_collections.ConfigDict(dict(
-      name=name, data_dir="", source="files", train_split="train", eval_split="test",
+      name=name, data_dir="", source="files", train_split="train",
       valid_split="", flip=False, options=ml_collections.ConfigDict(options)))
 
 

@@ -150,8 +150,22 @@ def _check_model(c: _Checker) -> None:
 
 
 def _check_data(c: _Checker) -> None:
+  from iiae_jax.data import DATASETS  # pylint: disable=g-import-not-at-top
   c.one_of("data", "source", DATA_SOURCES)
   c.boolean("data", "flip")
+  name = c.group("data").get("name")
+  if name not in DATASETS:  # an unknown name is reported by the loader (tests and users may inject data)
+    return
+  # Every split a run reads, by the field that names it (a typo fails now, not an epoch later).
+  splits = DATASETS[name].splits
+  must = f"be one of {list(splits)} (the splits of {name})"
+  for field in ("train_split", "valid_split"):
+    c.check("data", field, lambda v: v in splits or (field == "valid_split" and v == ""), must)
+  for entry_name, entry in c.group("evals").items():
+    entry_fields = entry.keys() if hasattr(entry, "keys") else ()
+    for field in [f for f in entry_fields if f.endswith("split")]:
+      if entry[field] not in splits:
+        c.errors.append(f"evals.{entry_name}.{field} must {must}, got {entry[field]!r}")
 
 
 def _check_distributed(c: _Checker) -> None:
@@ -180,8 +194,9 @@ def validate_config(config, *, num_devices: Optional[int] = None) -> None:
   Checks loss weights (>= 0, annealing_rate > 0), the optimiser (lr > 0, betas
   in [0, 1)), training lengths and intervals (positive), model sizes (positive
   integers; image resolution a power of two, at least 4 x latent_resolution),
-  the distributed group and every evals entry (type known, options valid,
-  e.g. ks positive integers). With `num_devices`, also that training.batch_size
+  the dataset and every split it reads (data.*_split, evals.*.split), the
+  distributed group and every evals entry (type known, options valid, e.g. ks
+  positive integers). With `num_devices`, also that training.batch_size
   divides over that many devices. Cheap: no data is read, nothing compiles.
   """
   c = _Checker(config)

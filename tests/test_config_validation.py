@@ -91,6 +91,16 @@ def test_an_impossible_value_is_refused_naming_the_field(make, path, value, mess
   assert message in str(e.value)
 
 
+def test_a_split_the_dataset_lacks_is_named_by_its_field():
+  config = _features()                             # digits_zs: train and test
+  config.data.valid_split = "valid"
+  config.evals.zs = dict(type="zs_retrieval", split="tst", ks=(5,))
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  assert "data.valid_split must be one of ['train', 'test'] (the splits of digits_zs), got 'valid'" in str(e.value)
+  assert "evals.zs.split must be one of ['train', 'test'] (the splits of digits_zs), got 'tst'" in str(e.value)
+
+
 def test_a_missing_required_field_is_named():
   config = _images()
   del config.model["neef"]
@@ -181,12 +191,15 @@ def test_evaluate_checkpoint_validates_before_reading_the_workdir(tmp_path):
 def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_cdcb.py"),
-         f"--workdir={workdir}", "--config.loss.beta=-1", "--config.model.resolution=48"]
+         f"--workdir={workdir}", "--config.loss.beta=-1", "--config.model.resolution=48",
+         "--config.evals.translation_grid.num_examples=0"]
   proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode != 0
+  # One error lists them all, the evals entry's too (train.py builds the evaluators after validating).
   assert "loss.beta must be >= 0, got -1.0" in proc.stderr
   assert "model.resolution must be a power of two" in proc.stderr
+  assert "evals.translation_grid.num_examples must be an integer >= 1, got 0" in proc.stderr
   assert not workdir.exists()
 
 

@@ -100,6 +100,15 @@ def test_missing_split_file_is_named(tmp_path, name):
     data.load("sketchy", "test", data_dir=str(tmp_path), feature_dim=DIM)
 
 
+@pytest.mark.parametrize("name", ["train_sketch_features.npy", "train_sketch_paths.npy"])
+def test_an_empty_file_is_named(tmp_path, name):
+  """A 0-byte file (an interrupted copy) is reported by its path, not as numpy's bare EOFError."""
+  write_sketchy(tmp_path)
+  open(_path(tmp_path, name), "wb").close()
+  with pytest.raises(DatasetFormatError, match=rf"{name}: cannot read .*: the file is empty"):
+    data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)
+
+
 def test_wrong_feature_width_is_named(tmp_path):
   write_sketchy(tmp_path)
   with pytest.raises(DatasetFormatError) as err:

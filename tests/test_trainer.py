@@ -182,16 +182,21 @@ def test_a_faulty_state_is_never_evaluated(tmp_path):
 
 
 def test_a_missing_evaluation_split_fails_before_the_first_step(tmp_path, monkeypatch):
-  """A split the data lack (here data.valid_split) is found when the run starts, not at its first
-  evaluation (an epoch later on the image recipes)."""
+  """A split folder the data lack (say pix2pix's val/) is found when the run starts, not at its
+  first evaluation (an epoch later on the image recipes)."""
   from iiae_jax import evaluation
+  from iiae_jax.data import DatasetNotFoundError
   config = tiny_train_config("digits_zs", num_steps=4)
-  config.data.valid_split = "valid"                # digits_zs has train and test only
   config.evals.zs = dict(type="zs_retrieval", split="test", ks=(5,))
+
+  def loader(split):
+    raise DatasetNotFoundError(f"digits_zs: the split folder for {split!r} is missing")
   calls = []
   monkeypatch.setattr(trainer, "make_train_call", lambda *a, **k: calls.append(1))
-  with pytest.raises(ValueError, match=r"dataset 'digits_zs' has splits .*, got 'valid'"):
-    _train(config, tmp_path, evaluate=evaluation.training_evaluator(config, str(tmp_path)))
+  evaluate = evaluation.training_evaluator(config, str(tmp_path),
+                                           datasets=evaluation.Datasets(config, loader))
+  with pytest.raises(DatasetNotFoundError, match="split folder for 'test' is missing"):
+    _train(config, tmp_path, evaluate=evaluate)
   assert not calls
 
 

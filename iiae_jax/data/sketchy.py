@@ -27,6 +27,8 @@ SPLIT1_COUNTS = {
 def _load_features(path: str, feature_dim: int) -> np.ndarray:
   try:
     features = np.load(path, allow_pickle=False)
+  except EOFError:
+    raise DatasetFormatError(f"{path}: cannot read features: the file is empty") from None
   except ValueError as e:  # object arrays or a file that is not .npy
     raise DatasetFormatError(f"{path}: cannot read features: {e}") from None
   name = os.path.basename(path)
@@ -50,6 +52,8 @@ def _load_features(path: str, feature_dim: int) -> np.ndarray:
 def _load_paths(path: str) -> np.ndarray:
   try:
     paths = np.load(path, allow_pickle=False)
+  except EOFError:
+    raise DatasetFormatError(f"{path}: cannot read paths: the file is empty") from None
   except ValueError:
     # The reference release saved the paths as object arrays of Python strings,
     # which only pickle can read. Pickle runs code from the file, so it is used

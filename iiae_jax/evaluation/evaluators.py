@@ -363,11 +363,14 @@ def training_evaluator(config, workdir: str, *, datasets: Optional[Datasets] = N
                        ) -> Optional[Callable[[Any, Any, int], Dict[str, Any]]]:
   """The `evaluate(model, variables, step)` that trainer.train_and_evaluate calls.
 
-  None when config.evals is empty or no entry runs during training. Entries run
+  Validates the whole config first (one error naming every bad field). None
+  when config.evals is empty or no entry runs during training. Entries run
   on config.data.valid_split when it is set (SPEC §4: select on validation),
   else on their own split; images (translation_grid with during_training=True)
   go to <workdir>/eval_during_training/step_<step>/.
   """
+  from iiae_jax import config_validation  # pylint: disable=g-import-not-at-top  # imports this module
+  config_validation.validate_config(config)  # every bad field in one error, evals entries included
   if not config.get("evals"):
     return None
   suite = EvaluationSuite.from_config(config, training=True, datasets=datasets)

@@ -238,7 +238,7 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
   header = _jsonable({
       "schema_version": RESULTS_SCHEMA_VERSION,
       "config": {"name": config_name, "dataset": config.data.get("name"),
-                 "architecture": config.model.get("architecture"),
+                 "architecture": config.model.get("architecture"), "data": config.data.to_dict(),
                  "evals": {e.name: dict(e.options) for e in suite.evaluators}},
       "workdir": os.path.abspath(workdir),
       "checkpoint": info,
