@@ -424,8 +424,15 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
   if best is not None and best.latest_step() is not None:
     best_score = _kept_best_score(best, flat_config, allow_config_change, best_score)
-  if main and not resumed:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+  changed = resumed and bool(config_differences(saved, flat_config))  # with --allow_config_change
+  if main and (not resumed or changed):
+    path = os.path.join(workdir, "config.json")
+    if changed and os.path.exists(path):  # the config of the steps so far stays on record
+      kept, n = os.path.join(workdir, f"config.until_step_{step}.json"), 1
+      while os.path.exists(kept):
+        kept, n = os.path.join(workdir, f"config.until_step_{step}.{n}.json"), n + 1
+      os.rename(path, kept)
+    with open(path, "w") as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
   if main and argv is not None:
     with open(os.path.join(workdir, "command.txt"), "a") as f:

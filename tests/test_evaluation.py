@@ -452,3 +452,20 @@ def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
   with pytest.raises(evaluation.UsageError, match="cannot be read as results"):
     run("5")
   assert (out / "results.json").read_text() == "{not json"
+
+
+def test_a_damaged_latest_checkpoint_is_reported_as_a_fall_back(features, tmp_path):
+  model, variables = features
+  config = _config("features", {"pr": dict(type="paired_retrieval")})
+  workdir = tmp_path / "run"
+  for step in (3, 5):
+    _save_checkpoint(config, str(workdir), step=step, variables=variables)
+  (workdir / "checkpoints" / "5" / "meta" / "metadata").write_text("{")   # a damaged record
+  lines = []
+  with pytest.warns(UserWarning, match="checkpoint 5 .* could not be restored"):
+    results = evaluation.evaluate_checkpoint(
+        config, str(workdir), "latest", out_dir=str(tmp_path / "report"), config_name="configs/x.py",
+        datasets=evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,)))), echo=lines.append)
+  assert results["checkpoint"]["step"] == 3 and results["checkpoint"]["fell_back"]
+  assert str(workdir / "checkpoints" / "5") in results["checkpoint"]["note"]
+  assert any("evaluated step 3" in line for line in lines)

@@ -288,6 +288,9 @@ def test_resuming_with_a_different_config_is_refused_naming_the_fields(tmp_path)
     _train(config, tmp_path)
   state = _train(config, tmp_path, allow_config_change=True)
   assert int(state.step) == 4
+  # config.json describes the run from now on; the one it replaced is kept.
+  assert json.loads((tmp_path / "config.json").read_text())["loss"]["beta"] == 0.9
+  assert json.loads((tmp_path / "config.until_step_2.json").read_text())["loss"]["beta"] == 0.5
 
 
 def test_several_steps_per_call_equal_one_step_per_call(tmp_path):

@@ -144,6 +144,11 @@ def restore_for_evaluation(config, workdir: str, checkpoint: Union[str, int] = "
           f"{_model_differences(saved, config)}") from e
   finally:
     checkpoints.close()
+  wanted = step if step is not None else steps[-1]
+  if restored_step != wanted:  # the newest was damaged (restore warned): say so in the report
+    note = f"checkpoint {os.path.join(directory, str(wanted))} could not be restored; evaluated step {restored_step}"
+    info.update(fell_back=True, note="; ".join(filter(None, (info["note"], note))))
+    echo("note: " + note)
   path = os.path.join(directory, str(restored_step))
   info.update(step=int(restored_step), path=path)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
