@@ -75,6 +75,31 @@ def test_digits_zs_reads_back_equal(tmp_path):
     np.testing.assert_array_equal(built.photo_paths, direct.photo_paths[:5])
 
 
+@pytest.mark.parametrize("name,options", [
+    ("digits_zs", {}), ("digits_cdcb", dict(resolution=32)), ("mnist_cdcb", {}), ("sketchy_vgg", {}),
+    ("sketchy_vgg", dict(sketchy_split=2))])
+def test_options_of_a_registered_config_select_that_config(tmp_path, name, options):
+  """tfds refuses a new config object named like a registered one, so the shipped configs'
+  options (the defaults, Sketchy split 2) must give the registered object itself."""
+  config = T.make_config(name, **options)
+  assert any(config is c for c in T.builder_class(name).BUILDER_CONFIGS)
+  assert T.builder(name, str(tmp_path), **options).builder_config is config
+
+
+def test_the_shipped_digits_zs_config_reads_through_tfds(tmp_path):
+  """`--config.data.source=tfds` with configs/digits_zs.py: default options, the full dataset."""
+  from configs import digits_zs
+  from iiae_jax import data
+  config = digits_zs.get_config()
+  T.prepare("digits_zs", str(tmp_path), **config.data.options)
+  for split in ("train", "test"):
+    built = data.load("digits_zs", split, data_dir=str(tmp_path), source="tfds", **config.data.options)
+    direct = offline.digits_zs(split)
+    np.testing.assert_array_equal(np.asarray(built.sketch), direct.sketch)
+    np.testing.assert_array_equal(np.asarray(built.photo), direct.photo)
+    np.testing.assert_array_equal(built.photo_labels, direct.photo_labels)
+
+
 def test_load_tfds_refuses_unprepared_data_unless_asked(tmp_path):
   with pytest.raises(DatasetNotFoundError, match="not prepared"):
     T.load_tfds("digits_zs", "train", str(tmp_path), max_examples=3)

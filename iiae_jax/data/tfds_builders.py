@@ -303,7 +303,12 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise TypeError(f"{cls.name}: unknown options {unknown}; known: {fields}")
     defaults = cls.CONFIG_CLASS(name="_")
     values = {f: options.get(f, getattr(defaults, f)) for f in fields}
-    return cls.CONFIG_CLASS(name=_config_name(cls.CONFIG_CLASS, values), **values)
+    config = cls.CONFIG_CLASS(name=_config_name(cls.CONFIG_CLASS, values), **values)
+    # tfds refuses a new config object named like a registered one: return that one.
+    registered = {c.name: c for c in getattr(cls, "BUILDER_CONFIGS", [])}.get(config.name)
+    if registered is not None and all(getattr(registered, f) == v for f, v in values.items()):
+      return registered
+    return config
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Built directly: `dataset_info_from_configs` fails outside a dataset package.
