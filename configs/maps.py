@@ -2,8 +2,10 @@
 
   python train.py --config=configs/maps.py --workdir=runs/maps
 
-Needs the pix2pix pairs under data/maps (see README). Batch 8; the reference
-selects checkpoints from epoch 399 on (paper: S->M 96.6%, M->S 97.3% shared).
+Needs the pix2pix pairs under data/maps (see README; the release's val/ is the
+test split, and training pairs 1-800 validate, as in the reference). Batch 8;
+the reference selects checkpoints from epoch 399 on (paper: S->M 96.6%, M->S
+97.3% shared).
 """
 from configs import common
 

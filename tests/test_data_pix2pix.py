@@ -11,10 +11,11 @@ from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
 
 
 def _pair_image(index: int, size: int) -> np.ndarray:
-  """A (size, 2*size, 3) pair: X = flat (20*index, 10, 200) on the left, Y = flat (30, 250 - 20*index, 90)."""
+  """A (size, 2*size, 3) pair: X = flat (20*index, 10, 200) on the left, Y = flat (30, 250 - 20*index, 90)
+  (mod 256)."""
   image = np.zeros((size, 2 * size, 3), np.uint8)
-  image[:, :size] = (20 * index, 10, 200)
-  image[:, size:] = (30, 250 - 20 * index, 90)
+  image[:, :size] = ((20 * index) % 256, 10, 200)
+  image[:, size:] = (30, (250 - 20 * index) % 256, 90)
   return image
 
 
@@ -79,6 +80,25 @@ def test_valid_maps_to_val_folder_then_valid_folder(tmp_path):
       pix2pix.load_pix2pix(str(tmp_path / "a"), "valid", resolution=4).x.paths[0])) == "val"
   write_pix2pix(tmp_path / "b", splits=("valid",), count=1)
   assert len(pix2pix.load_pix2pix(str(tmp_path / "b"), "valid", resolution=4)) == 1
+
+
+def test_maps_splits_follow_the_reference_in_either_layout(tmp_path):
+  """SPEC §6 Maps test = 1,098 pairs = the pix2pix release's val/. The release has no test/ or
+  valid/: 'test' reads val/ and 'valid' training pairs 1..800 (what the reference copies into
+  valid/). The reference's own layout (train/, valid/, test/) is read as it is."""
+  def files(root, split):
+    paths = pix2pix.load_pix2pix(str(root), split, resolution=4, name="maps", verify=False).x.paths
+    return [os.path.relpath(p, root) for p in paths]
+  release = tmp_path / "release"
+  write_pix2pix(release, splits=("train",), count=802, size=4)
+  write_pix2pix(release, splits=("val",), count=3, size=4)
+  assert files(release, "test") == ["val/1.png", "val/2.png", "val/3.png"]
+  assert files(release, "valid") == [f"train/{i}.png" for i in range(1, 801)]
+  assert len(files(release, "train")) == 802
+  reference = tmp_path / "reference"
+  write_pix2pix(reference, splits=("train", "valid", "test"), count=2, size=4)
+  assert files(reference, "valid") == ["valid/1.png", "valid/2.png"]
+  assert files(reference, "test") == ["test/1.png", "test/2.png"]
 
 
 def test_numeric_names_sort_by_number_others_by_name(tmp_path):

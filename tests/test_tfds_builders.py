@@ -210,11 +210,10 @@ def test_maps_from_manual_tarball_without_test_folder(tmp_path):
     tar.add(tree / "maps", arcname="maps")
   data_dir = str(tmp_path / "tfds")
   T.prepare("maps", data_dir, manual_dir=str(manual))
-  built = T.load_tfds("maps", "valid", data_dir, resolution=8)
-  direct = pix2pix.load_pix2pix(str(tree / "maps"), "valid", resolution=8)
-  np.testing.assert_array_equal(np.asarray(built.y), np.asarray(direct.y))
-  with pytest.raises(ValueError, match="splits"):
-    T.load_tfds("maps", "test", data_dir)
+  for split in ("train", "valid", "test"):  # test = the release's val/, valid = training pairs
+    built = T.load_tfds("maps", split, data_dir, resolution=8)
+    direct = pix2pix.load_pix2pix(str(tree / "maps"), split, resolution=8, name="maps")
+    np.testing.assert_array_equal(np.asarray(built.y), np.asarray(direct.y))
 
 
 def test_pix2pix_builder_rejects_truncated_file_by_name(tmp_path):

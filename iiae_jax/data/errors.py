@@ -19,7 +19,8 @@ DOWNLOADS = {
         "and unpack it so that {root}/{{train,val,test}}/*.jpg exist."),
     "maps": (
         "Download http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/maps.tar.gz "
-        "and unpack it so that {root}/{{train,val}}/*.jpg exist."),
+        "and unpack it so that {root}/{{train,val}}/*.jpg exist (val/ is the test split; "
+        "validation uses training pairs 1-800, as the reference does)."),
     "cars": (
         "Download the 3D car renderings (car_NNN_mesh.mat) of the IIAE release "
         "(http://doi.org/10.5281/zenodo.3890097) into {root}/."),

@@ -279,6 +279,29 @@ def split_dir(root: str, split: str, name: str = "pix2pix") -> str:
       name, root, f"split folder for {split!r} is missing: expected {' or '.join(candidates)}")
 
 
+# Maps (SPEC §6: test 1,098 pairs). The pix2pix release has only train/ (1,096) and val/
+# (1,098): its val/ is the test split. The reference's folders add valid/, a copy of training
+# pairs 1..800 (its tools/copy_file.py); without valid/ those training files are the split.
+MAPS_VALID_FROM_TRAIN = 800
+
+
+def split_files(root: str, split: str, name: str = "pix2pix") -> List[str]:
+  """The pair files of `split` under `root`, sorted (see `split_dir`; Maps has its own rule)."""
+  if name != "maps" or split not in ("valid", "val", "test"):
+    return list_pair_files(split_dir(root, split, name))
+  has = lambda folder: os.path.isdir(os.path.join(os.fspath(root), folder))
+  if split == "test":
+    return list_pair_files(split_dir(root, "test" if has("test") else "val", name))
+  if has("valid") or (has("test") and has("val")):
+    return list_pair_files(split_dir(root, "valid", name))
+  train = list_pair_files(split_dir(root, "train", name))
+  numbered = {os.path.splitext(os.path.basename(p))[0]: p for p in train}
+  wanted = [str(i) for i in range(1, MAPS_VALID_FROM_TRAIN + 1)]
+  if all(w in numbered for w in wanted):
+    return [numbered[w] for w in wanted]
+  return train[:MAPS_VALID_FROM_TRAIN]
+
+
 def list_pair_files(folder: str) -> List[str]:
   """The JPEG/PNG files of `folder`, sorted as the reference sorts them.
 
@@ -356,7 +379,10 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
   """The `split` ('train', 'valid' or 'test') of a pix2pix folder as lazy PairedData.
 
   Args:
-    root: folder holding `train/`, `val/` (or `valid/`) and `test/`.
+    root: folder holding `train/`, `val/` (or `valid/`) and `test/`. Maps
+      (`name="maps"`) may hold only the release's `train/` and `val/`: then
+      'test' is `val/` (SPEC's 1,098 test pairs) and 'valid' is training
+      pairs 1..800, as the reference's copy of them in `valid/` is.
     split: 'train', 'valid' (alias 'val') or 'test'.
     resolution: side of the square X and Y images returned.
     name: the dataset's name in the returned PairedData.
@@ -377,11 +403,10 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
   """
   if resolution < 1:
     raise ValueError(f"resolution must be positive, got {resolution}")
-  folder = split_dir(root, split, name)
-  paths = list_pair_files(folder)
+  paths = split_files(root, split, name)
   if not paths:
     raise dataset_not_found(
-        name, os.fspath(root), f"split folder {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        name, os.fspath(root), f"the {split!r} split under {root} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
   if verify:
     check_pair_files(paths, num_threads)
   else:  # Headers only: catches wrong sizes, not truncation.
