@@ -436,11 +436,13 @@ class IIAE(nn.Module):
   # -- shapes -------------------------------------------------------------
 
   def _check(self, name: str, v: jax.Array, domain: str):
+    self._parts(domain)  # a bad domain is named as such
     expected = self.x_shape if domain == "x" else self.y_shape
     if tuple(v.shape[1:]) != tuple(expected):
-      what = "feature width" if self.architecture == "features" else "image size"
+      what = (f"feature width: model.{domain}_dim" if self.architecture == "features"
+              else "image size: model.resolution, model.channels")
       raise ValueError(f"{name} has shape {tuple(v.shape)}; the config expects (batch, "
-                       f"{', '.join(map(str, expected))}) (wrong {what} for model.{domain}_shape)")
+                       f"{', '.join(map(str, expected))}) (wrong {what})")
 
   def _parts(self, domain: str):
     if domain not in ("x", "y"):
@@ -520,11 +522,19 @@ class IIAE(nn.Module):
     return out
 
 
+def _getter(model_config):
+  """`get(field, default)` for a ConfigDict, a dict or an object with attributes."""
+  if hasattr(model_config, "get"):
+    return model_config.get
+  return lambda k, d=None: getattr(model_config, k, d)
+
+
 def input_shapes(model_config) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
   """The per-example shapes of x and y that `model_config` describes."""
-  if model_config.architecture == "features":
-    return (int(model_config.x_dim),), (int(model_config.y_dim),)
-  r, c = int(model_config.resolution), int(model_config.channels)
+  get = _getter(model_config)
+  if get("architecture") == "features":
+    return (int(get("x_dim")),), (int(get("y_dim")),)
+  r, c = int(get("resolution")), int(get("channels"))
   return (r, r, c), (r, r, c)
 
 
@@ -542,7 +552,7 @@ def build_model(model_config) -> IIAE:
   channel_cap, dropout_rate, dtype ("float32" | "bfloat16": compute dtype;
   parameters stay float32).
   """
-  get = model_config.get if hasattr(model_config, "get") else lambda k, d=None: getattr(model_config, k, d)
+  get = _getter(model_config)
   arch = get("architecture")
   if arch not in ARCHITECTURES:
     raise ValueError(f"model.architecture is {arch!r}; expected one of {ARCHITECTURES}")
@@ -555,5 +565,8 @@ def build_model(model_config) -> IIAE:
   if arch != "features":
     stage_multipliers(x_shape[0], get("latent_resolution", 8), get("channel_cap", 8))
   kwargs = {k: get(k) for k in _CONFIG_FIELDS if get(k) is not None}
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[get("dtype", "float32") or "float32"]
-  return IIAE(architecture=arch, x_shape=x_shape, y_shape=y_shape, dtype=dtype, **kwargs)
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  dtype = get("dtype", "float32") or "float32"
+  if dtype not in dtypes:
+    raise ValueError(f"model.dtype must be one of {list(dtypes)}, got {dtype!r}")
+  return IIAE(architecture=arch, x_shape=x_shape, y_shape=y_shape, dtype=dtypes[dtype], **kwargs)

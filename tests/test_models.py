@@ -119,7 +119,8 @@ def test_mismatched_batch_sizes_raise_naming_both_shapes():
 
 def test_wrong_feature_width_raises_naming_argument_received_and_expected():
   model = iiae_jax.build_model(tiny_model_config("features"))
-  with pytest.raises(ValueError, match=r"y has shape \(4, 11\); the config expects \(batch, 10\)"):
+  with pytest.raises(ValueError, match=r"y has shape \(4, 11\); the config expects \(batch, 10\) "
+                                       r"\(wrong feature width: model.y_dim\)"):
     model.init(jax.random.key(0), jnp.zeros((4, 12)), jnp.zeros((4, 11)))
 
 
@@ -128,8 +129,10 @@ def test_wrong_image_size_raises_naming_argument_received_and_expected():
   with pytest.raises(ValueError, match=r"x has shape \(2, 32, 32, 3\); the config expects \(batch, 16, 16, 3\)"):
     model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), jnp.zeros((2, 16, 16, 3)))
   variables = model.init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)), jnp.zeros((2, 16, 16, 3)))
-  with pytest.raises(ValueError, match=r"y has shape \(2, 16, 16, 1\)"):
+  with pytest.raises(ValueError, match=r"y has shape \(2, 16, 16, 1\).*model.resolution, model.channels"):
     iiae_jax.shared_embedding(model, variables, jnp.zeros((2, 16, 16, 1)), domain="y")
+  with pytest.raises(ValueError, match=r"domain must be 'x' or 'y', got 'z'"):
+    iiae_jax.shared_embedding(model, variables, jnp.zeros((2, 16, 16, 3)), domain="z")
 
 
 def test_bad_config_values_raise_naming_the_field():
@@ -145,6 +148,17 @@ def test_bad_config_values_raise_naming_the_field():
   config.neef = 0
   with pytest.raises(ValueError, match="model.neef"):
     iiae_jax.build_model(config)
+  config = tiny_model_config("features")
+  config.dtype = "float16"
+  with pytest.raises(ValueError, match=r"model.dtype must be one of \['float32', 'bfloat16'\], got 'float16'"):
+    iiae_jax.build_model(config)
+
+
+def test_build_model_takes_a_plain_dict():
+  config = tiny_model_config("features")
+  model = iiae_jax.build_model(config.to_dict())
+  assert (model.x_shape, model.y_shape) == ((12,), (10,))
+  assert iiae_jax.models.input_shapes(dict(tiny_model_config("spatial"))) == ((16, 16, 3), (16, 16, 3))
 
 
 def test_inference_api_embeds_and_translates():
