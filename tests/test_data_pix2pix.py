@@ -53,6 +53,15 @@ def test_x_is_left_half_and_y_right_half_png(tmp_path):
   assert data.x.paths == sorted(data.x.paths) and os.path.basename(data.x.paths[2]) == "3.png"
 
 
+def test_mnist_cdcb_x_is_the_right_half(tmp_path):
+  """SPEC §6: X = coloured digit on black, Y = digit on a coloured background; the release's
+  files (cross-domain-disen DATA/MNISTCDCB) hold Y on the left and X on the right."""
+  write_pix2pix(tmp_path, splits=("test",), count=3, size=8, ext="png")
+  batch = pix2pix.load_pix2pix(str(tmp_path), "test", resolution=8, name="mnist_cdcb").batch(np.array([2]))
+  np.testing.assert_array_equal(batch["x"][0], np.broadcast_to(_expected([30, 210, 90]), (8, 8, 3)))
+  np.testing.assert_array_equal(batch["y"][0], np.broadcast_to(_expected([40, 10, 200]), (8, 8, 3)))
+
+
 def test_jpeg_pairs_scale_to_resolution_in_range(tmp_path):
   write_pix2pix(tmp_path, splits=("train",), count=2, size=32, ext="jpg")
   data = pix2pix.load_pix2pix(str(tmp_path), "train", resolution=8)

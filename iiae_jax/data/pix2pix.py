@@ -2,7 +2,7 @@
 
 A dataset root holds `train/`, `val/` (or `valid/`) and `test/`; each file is
 one JPEG or PNG whose left half is the X image and whose right half is the Y
-image. `load_pix2pix` checks every file of the split (it decodes each once, in
+image (MNIST-CDCB the other way round: `X_ON_THE_RIGHT`). `load_pix2pix` checks every file of the split (it decodes each once, in
 a thread pool) and returns a `PairedData` whose `x` and `y` are lazy readers:
 they decode only the files asked for, scale each half to `resolution` x
 `resolution` with area averaging (the reference's `ResizeMethod.AREA`) and map
@@ -367,10 +367,18 @@ def check_pair_files(paths: Sequence[str], num_threads: Optional[int] = None) ->
     raise DatasetFormatError(f"{bad[0]}{more}") from bad[0]
 
 
-def split_pair(image: np.ndarray, resolution: int) -> Tuple[np.ndarray, np.ndarray]:
-  """A uint8 (H, 2H, 3) pair -> X (left) and Y (right) halves at `resolution`."""
+# SPEC §6: MNIST-CDCB's X is the coloured digit on black and Y the digit on a coloured
+# background. The cross-domain-disen release files put Y on the left (checked on its sample
+# pairs), so X is their right half; the other pix2pix datasets have X on the left.
+X_ON_THE_RIGHT = ("mnist_cdcb",)
+
+
+def split_pair(image: np.ndarray, resolution: int, x_on_the_right: bool = False
+               ) -> Tuple[np.ndarray, np.ndarray]:
+  """A uint8 (H, 2H, 3) pair -> X and Y halves at `resolution` (X left unless `x_on_the_right`)."""
   half = image.shape[1] // 2
-  return resize(image[:, :half], resolution), resize(image[:, half:], resolution)
+  left, right = resize(image[:, :half], resolution), resize(image[:, half:], resolution)
+  return (right, left) if x_on_the_right else (left, right)
 
 
 def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2pix", *,
@@ -416,7 +424,7 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
           _check_pair_size(image.width, image.height, path)
       except (UnidentifiedImageError, OSError) as e:
         raise DatasetFormatError(f"{path}: cannot decode image ({e})") from e
-  reader = PairReader(len(paths), (resolution, resolution, 3), _PairDecoder(tuple(paths), resolution),
+  reader = PairReader(len(paths), (resolution, resolution, 3), _PairDecoder(tuple(paths), resolution, name in X_ON_THE_RIGHT),
                       cache_size=cache_size, paths=paths)
   return PairedData(name=name, split=split, x=reader.x, y=reader.y)
 
@@ -424,9 +432,10 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
 class _PairDecoder:
   """index -> (x, y) uint8 halves of paths[index] (a class, so readers pickle)."""
 
-  def __init__(self, paths: Tuple[str, ...], resolution: int):
+  def __init__(self, paths: Tuple[str, ...], resolution: int, x_on_the_right: bool = False):
     self.paths = paths
     self.resolution = resolution
+    self.x_on_the_right = x_on_the_right
 
   def __call__(self, index: int):
-    return split_pair(read_pair_file(self.paths[index]), self.resolution)
+    return split_pair(read_pair_file(self.paths[index]), self.resolution, self.x_on_the_right)
