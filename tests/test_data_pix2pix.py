@@ -83,6 +83,29 @@ def test_resize_averages_areas_when_shrinking():
   np.testing.assert_array_equal(pix2pix.resize(image, 8)[::2, ::2], image)
 
 
+def _area_matrix(n_in, n_out):
+  """Brute force: output i averages input j by the overlap of [i s, (i+1) s) with [j, j+1)."""
+  s = n_in / n_out
+  lo, hi = np.arange(n_out)[:, None] * s, np.arange(1, n_out + 1)[:, None] * s
+  j = np.arange(n_in)[None, :]
+  return np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None) / s
+
+
+@pytest.mark.parametrize("n_in,n_out", [(7, 3), (600, 256), (23, 8), (5, 7)])
+def test_resize_weights_input_pixels_by_the_area_they_share(n_in, n_out):
+  """Fractional scales (Maps: 600 -> 256) split an input pixel between outputs by area, as TF's
+  AREA resize does (Pillow's BOX filter gives it wholly to one: up to 64 levels off on noise)."""
+  rng = np.random.default_rng(n_in)
+  image = rng.integers(0, 256, (n_in, n_in, 3)).astype(np.uint8)
+  w = _area_matrix(n_in, n_out)
+  want = np.stack([w @ image[..., c].astype(np.float64) @ w.T for c in range(3)], axis=-1)
+  got = pix2pix.resize(image, n_out).astype(np.float64)
+  assert np.abs(got - want).max() <= 0.5 + 1e-9       # rounding to uint8 only
+  impulse = np.zeros((7, 7, 1), np.uint8)
+  impulse[2, :] = 100                                  # a row: 1-D along the height
+  np.testing.assert_array_equal(pix2pix.resize(impulse, 3)[:, 0, 0], [14, 29, 0])  # 100/7*(1, 2, 0)
+
+
 def test_valid_maps_to_val_folder_then_valid_folder(tmp_path):
   write_pix2pix(tmp_path / "a", splits=("val",), count=2)
   assert os.path.basename(os.path.dirname(

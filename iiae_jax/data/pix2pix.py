@@ -101,14 +101,38 @@ def to_uint8(images) -> np.ndarray:
 def resize(image: np.ndarray, resolution: int) -> np.ndarray:
   """Scales a uint8 (H, W, C) image to (resolution, resolution, C) by area averaging.
 
-  Pillow's BOX filter averages the covered source pixels when shrinking and
-  repeats pixels when enlarging, as TF's `ResizeMethod.AREA` does.
+  Each output pixel is the mean of the input over its footprint, input pixels
+  weighted by the fraction of them it covers (TF's `ResizeMethod.AREA`, which
+  the reference uses; exact for fractional scales such as Maps' 600 -> 256,
+  where Pillow's BOX filter gives each input pixel wholly to one output), then
+  rounded to uint8. Enlarging by an integer factor repeats pixels.
   """
   if image.shape[0] == resolution and image.shape[1] == resolution:
     return image
-  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  out = np.asarray(pil.resize((resolution, resolution), Image.Resampling.BOX))
-  return out.reshape(resolution, resolution, image.shape[-1])
+  out = np.asarray(image, np.float32)
+  for axis in (0, 1):
+    index, weight = _area_taps(out.shape[axis], resolution)
+    out = np.moveaxis(out, axis, 0)
+    out = sum(weight[:, t, None, None] * out[index[:, t]] for t in range(index.shape[1]))
+    out = np.moveaxis(out, 0, axis)
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=32)
+def _area_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(index, weight), each (n_out, taps): output i = sum_t weight[i, t] * input[index[i, t]].
+
+  weight = the share of output i's footprint [i s, (i+1) s), s = n_in / n_out,
+  that input pixel [j, j+1) covers; a footprint spans at most `taps` inputs.
+  """
+  s = n_in / n_out
+  lo, hi = np.arange(n_out) * s, np.arange(1, n_out + 1) * s
+  j = np.arange(n_in)
+  share = np.clip(np.minimum(hi[:, None], j + 1) - np.maximum(lo[:, None], j), 0, None) / s
+  taps = int((share > 0).sum(axis=1).max())
+  start = np.minimum(np.floor(lo).astype(np.int64), n_in - taps)
+  index = start[:, None] + np.arange(taps)
+  return index, np.take_along_axis(share, index, axis=1).astype(np.float32)
 
 
 def as_float32(rows) -> np.ndarray:
