@@ -30,6 +30,10 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the current config."""
 
 
+class ConfigMismatchError(CheckpointError):
+  """A checkpoint whose arrays do not fit the model of the current config."""
+
+
 class ChecksumError(ValueError):
   """A restored array differs from the one saved (bit rot, an overwritten file)."""
 
@@ -119,7 +123,7 @@ class Checkpoints:
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
         if not isinstance(e, ChecksumError) and _is_shape_mismatch(e):
-          raise CheckpointError(message + "\nIt was written for another model config.") from e
+          raise ConfigMismatchError(message + "\nIt was written for another model config.") from e
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
         damaged.append(candidate)
@@ -127,7 +131,7 @@ class Checkpoints:
       # Orbax restores arrays in their saved shapes even where the target's differ.
       mismatched = shape_mismatches(restored["state"], abstract)
       if mismatched:
-        raise CheckpointError(
+        raise ConfigMismatchError(
             f"checkpoint {candidate} in {self.directory} does not fit: array shapes differ "
             f"(it was written for another model config):\n{describe_mismatches(mismatched)}")
       if errors:

@@ -469,3 +469,14 @@ def test_a_damaged_latest_checkpoint_is_reported_as_a_fall_back(features, tmp_pa
   assert results["checkpoint"]["step"] == 3 and results["checkpoint"]["fell_back"]
   assert str(workdir / "checkpoints" / "5") in results["checkpoint"]["note"]
   assert any("evaluated step 3" in line for line in lines)
+
+
+def test_a_damaged_checkpoint_is_reported_as_damaged_not_as_another_config(tmp_path):
+  config = _config("features")
+  _save_checkpoint(config, str(tmp_path), step=3)
+  (tmp_path / "checkpoints" / "3" / "meta" / "metadata").write_text("{")
+  with pytest.warns(UserWarning), pytest.raises(checkpointing.CheckpointError) as e:
+    evaluation.evaluate_checkpoint(config, str(tmp_path), "3", config_name="configs/x.py", echo=None)
+  message = str(e.value)
+  assert "damaged or incomplete" in message and str(tmp_path / "checkpoints" / "3") in message
+  assert "another config" not in message and "start afresh" not in message

@@ -73,7 +73,7 @@ def _step_dirs(directory: str):
 
 
 def _model_differences(saved_flat: Dict[str, Any], config) -> str:
-  if not saved_flat:  # best checkpoints and damaged metadata carry no config
+  if not saved_flat:  # older best checkpoints and damaged metadata carry no config
     return ""
   current = trainer.flatten_config(config)
   diffs = [(f, a, b) for f, a, b in trainer.config_differences(saved_flat, current)
@@ -138,6 +138,11 @@ def restore_for_evaluation(config, workdir: str, checkpoint: Union[str, int] = "
         saved = checkpoints.read_meta(step if step is not None else steps[-1]).get("config", {})
       except Exception:  # pylint: disable=broad-except  # the meta may be as damaged as the state
         pass
+      if not isinstance(e, checkpointing.ConfigMismatchError):  # damaged: no config advice
+        tried = [line for line in str(e).splitlines() if line.startswith("checkpoint ")]
+        raise checkpointing.CheckpointError(
+            f"checkpoint {path} cannot be evaluated: its files are damaged or incomplete:\n"
+            f"{_shorten(chr(10).join(tried) or str(e))}") from e
       raise checkpointing.CheckpointError(
           f"checkpoint {path} cannot be evaluated with config {config_name} (was it made with "
           f"another config, or another version of the model code?): {_shorten(str(e))}"
