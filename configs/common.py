@@ -80,6 +80,7 @@ def get_config():
       log_every=100,
       checkpoint_every=1000,
       max_to_keep=2,
+      keep_every_epochs=0,   # > 0: also keep every checkpoint at a multiple of this many epochs
       eval_every=0,          # steps between evaluations; 0: only at the end
       eval_every_epochs=0,   # epochs between evaluations, instead of eval_every (set one of them)
       select_from_epoch=0,   # evaluations before the end of this epoch do not compete for <workdir>/best

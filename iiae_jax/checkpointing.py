@@ -38,17 +38,19 @@ class ChecksumError(ValueError):
   """A restored array differs from the one saved (bit rot, an overwritten file)."""
 
 
-def _options(max_to_keep: Optional[int]) -> ocp.CheckpointManagerOptions:
-  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+def _options(max_to_keep: Optional[int], keep_period: Optional[int] = None) -> ocp.CheckpointManagerOptions:
+  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
                                       enable_async_checkpointing=True)
 
 
 class Checkpoints:
   """Saves and restores (state, meta) pairs under one directory."""
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = 2):
+  def __init__(self, directory: str, max_to_keep: Optional[int] = 2, keep_period: Optional[int] = None):
+    """Keeps the newest `max_to_keep` checkpoints, and every one whose step is a multiple of
+    `keep_period`."""
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(self.directory, options=_options(max_to_keep))
+    self._manager = ocp.CheckpointManager(self.directory, options=_options(max_to_keep, keep_period))
 
   def steps(self):
     return sorted(self._manager.all_steps())

@@ -111,6 +111,7 @@ def _check_training(c: _Checker) -> None:
   for field in ("log_every", "checkpoint_every", "max_to_keep"):
     c.int_at_least("training", field, 1, required=field != "max_to_keep")
   c.int_at_least("training", "steps_per_call", 1)
+  c.int_at_least("training", "keep_every_epochs", 0)
   every = c.int_at_least("training", "eval_every", 0)
   every_epochs = c.int_at_least("training", "eval_every_epochs", 0)
   if every and every_epochs:

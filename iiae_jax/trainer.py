@@ -34,7 +34,8 @@ FAULT_SOURCES = ("data x", "data y") + tuple(t for t in objective.TERMS if t != 
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = ("training.num_steps", "training.num_epochs", "training.log_every",
-                    "training.checkpoint_every", "training.max_to_keep", "training.eval_every",
+                    "training.checkpoint_every", "training.max_to_keep", "training.keep_every_epochs",
+                    "training.eval_every",
                     "training.eval_every_epochs", "training.progress_bar", "training.steps_per_call",
                     "training.resident_data", "data.data_dir", "evals", "distributed")
 
@@ -398,6 +399,8 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   t = config.training
   k = max(1, int(t.get("steps_per_call", 1)))
   log_every, ckpt_every = int(t.log_every), int(t.checkpoint_every)
+  # Checkpoints at multiples of keep_every steps are never deleted (SPEC §4 Cars: every 50 epochs).
+  keep_every = int(t.get("keep_every_epochs", 0)) * train_input.steps_per_epoch
   eval_every, select_from = evaluation_schedule(t, train_input.steps_per_epoch)
   if select_from > num_steps:
     raise ValueError(f"training.select_from_epoch = {t.select_from_epoch} starts model selection at "
@@ -410,7 +413,8 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   x_shape, y_shape = models.input_shapes(config.model)
   state = create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
   flat_config = flatten_config(config)
-  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), int(t.max_to_keep))
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), int(t.max_to_keep),
+                                          keep_period=keep_every or None)
   best = checkpointing.Checkpoints(os.path.join(workdir, "best"), 1) if evaluate else None
   best_score = None
   resumed = checkpoints.latest_step() is not None
@@ -459,12 +463,14 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
       n = min(k, num_steps - step)
       # Align calls to multiples of k so a resumed run makes exactly the same calls.
       n = min(n, k - step % k) if step % k else n
+      n = min(n, keep_every - step % keep_every) if keep_every else n  # end a call on a kept step
       replicated, metrics = train_call(replicated, train_input.host_inputs(step, n), resident)
       pending.append(metrics)
       step += n
       stop = preemption.stop_now()
       at = lambda every: every > 0 and step % every < n
-      if at(log_every) or step == num_steps or stop or at(ckpt_every) or at(eval_every):
+      if (at(log_every) or step == num_steps or stop or at(ckpt_every) or at(keep_every)
+          or at(eval_every)):
         _check_fault(replicated)  # before anything logs, evaluates or saves this state
       if at(log_every) or step == num_steps:
         scalars = _mean_metrics(pending)
@@ -482,7 +488,7 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         except Exception:
           save(step, force=True)  # the trained state outlives a failed evaluation
           raise
-      if at(ckpt_every) or step == num_steps or stop:
+      if at(ckpt_every) or at(keep_every) or step == num_steps or stop:
         save(step, force=True)
       if stop and step < num_steps:
         stopped_early = True

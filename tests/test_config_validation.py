@@ -225,6 +225,7 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
     assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
   for spec in config.evals.values():
     assert spec["split"] in data.DATASETS[dataset].splits
+  assert config.training.keep_every_epochs == (50 if name == "cars" else 0)   # SPEC §4 Cars
 
 
 @pytest.mark.parametrize("split,num_classes", [("1", 100), ("2", 104)])

@@ -264,6 +264,16 @@ def test_a_rerun_replaces_the_kept_best_only_with_a_better_one(tmp_path):
     run({})
 
 
+def test_checkpoints_every_keep_every_epochs_are_never_deleted(tmp_path):
+  """SPEC §4 Cars keeps a checkpoint every 50 epochs: those outlive max_to_keep, and a call of
+  several steps ends on each of them (digits_zs: 90 steps per epoch; calls of 4 steps)."""
+  config = tiny_train_config("digits_zs", num_steps=200)
+  config.training.update(keep_every_epochs=1, max_to_keep=1, checkpoint_every=1000, log_every=1000,
+                         steps_per_call=4)
+  _train(config, tmp_path)
+  assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [90, 180, 200]
+
+
 def test_a_selection_epoch_after_the_last_step_is_refused_before_training(tmp_path):
   config = tiny_train_config("digits_cdcb", num_steps=3)
   config.training.select_from_epoch = 1             # hundreds of steps per epoch at batch 16
