@@ -151,9 +151,7 @@ class Checkpoints:
         source = os.path.join(self.directory, str(step))
         if not os.path.isdir(source):
           continue
-        target, n = source + DAMAGED_SUFFIX, 1
-        while os.path.exists(target):
-          target, n = f"{source}{DAMAGED_SUFFIX}.{n}", n + 1
+        target = unused_path(source + DAMAGED_SUFFIX)
         os.rename(source, target)
         warnings.warn(f"damaged checkpoint {step} moved to {target}")
     if jax.process_count() > 1:
@@ -164,6 +162,14 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def unused_path(stem: str, extension: str = "") -> str:
+  """`stem + extension`, or the first free `stem.N + extension` (N = 1, 2, ...): never overwrites."""
+  path, n = stem + extension, 1
+  while os.path.exists(path):
+    path, n = f"{stem}.{n}{extension}", n + 1
+  return path
 
 
 def shape_mismatches(restored: Any, template: Any) -> List[Tuple[str, Any, Any]]:

@@ -256,14 +256,15 @@ def config_differences(saved: Dict[str, Any], current: Dict[str, Any]):
 
 
 def refuse_other_config(saved: Dict[str, Any], current: Dict[str, Any], where: str,
-                        allow_config_change: bool) -> None:
-  """Raises CheckpointError listing the differing fields, unless there are none or it is allowed."""
+                        allow_config_change: bool):
+  """The differing fields; raises CheckpointError listing them unless there are none or it is allowed."""
   diffs = config_differences(saved, current)
   if diffs and not allow_config_change:
     listed = "\n".join(f"  {f}: {a!r} (checkpoint) != {b!r} (now)" for f, a, b in diffs)
     raise checkpointing.CheckpointError(
         f"{where} holds a run of a different config; refusing to resume. Differing fields:\n"
         f"{listed}\nUse another --workdir, or pass --allow_config_change to resume anyway.")
+  return diffs
 
 
 class WorkdirLock:
@@ -418,9 +419,10 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   best = checkpointing.Checkpoints(os.path.join(workdir, "best"), 1) if evaluate else None
   best_score = None
   resumed = checkpoints.latest_step() is not None
+  changed = False  # resumed with --allow_config_change and another config
   if resumed:
     saved = checkpoints.read_meta().get("config", {})  # the newest readable record
-    refuse_other_config(saved, flat_config, workdir, allow_config_change)
+    changed = bool(refuse_other_config(saved, flat_config, workdir, allow_config_change))
     # A damaged newest checkpoint is skipped (and set aside) for the newest valid one.
     state, meta, step = checkpoints.restore(state, set_aside_damaged=True)
     state = jax.tree.map(jnp.asarray, state)
@@ -428,14 +430,10 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
   if best is not None and best.latest_step() is not None:
     best_score = _kept_best_score(best, flat_config, allow_config_change, best_score)
-  changed = resumed and bool(config_differences(saved, flat_config))  # with --allow_config_change
   if main and (not resumed or changed):
     path = os.path.join(workdir, "config.json")
     if changed and os.path.exists(path):  # the config of the steps so far stays on record
-      kept, n = os.path.join(workdir, f"config.until_step_{step}.json"), 1
-      while os.path.exists(kept):
-        kept, n = os.path.join(workdir, f"config.until_step_{step}.{n}.json"), n + 1
-      os.rename(path, kept)
+      os.rename(path, checkpointing.unused_path(os.path.join(workdir, f"config.until_step_{step}"), ".json"))
     with open(path, "w") as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
   if main and argv is not None:

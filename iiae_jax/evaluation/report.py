@@ -133,16 +133,16 @@ def restore_for_evaluation(config, workdir: str, checkpoint: Union[str, int] = "
     try:
       state, _, restored_step = checkpoints.restore(template, step)
     except checkpointing.CheckpointError as e:
-      saved = {}
-      try:
-        saved = checkpoints.read_meta(step if step is not None else steps[-1]).get("config", {})
-      except Exception:  # pylint: disable=broad-except  # the meta may be as damaged as the state
-        pass
       if not isinstance(e, checkpointing.ConfigMismatchError):  # damaged: no config advice
         tried = [line for line in str(e).splitlines() if line.startswith("checkpoint ")]
         raise checkpointing.CheckpointError(
             f"checkpoint {path} cannot be evaluated: its files are damaged or incomplete:\n"
             f"{_shorten(chr(10).join(tried) or str(e))}") from e
+      saved = {}
+      try:
+        saved = checkpoints.read_meta(step if step is not None else steps[-1]).get("config", {})
+      except Exception:  # pylint: disable=broad-except  # the meta may be as damaged as the state
+        pass
       raise checkpointing.CheckpointError(
           f"checkpoint {path} cannot be evaluated with config {config_name} (was it made with "
           f"another config, or another version of the model code?): {_shorten(str(e))}"
@@ -190,12 +190,13 @@ def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
   except (OSError, ValueError) as e:
     raise UsageError(f"{path} exists but cannot be read as results ({e}); it is left as it is: "
                      "choose another --out, or move it away") from e
-  if not isinstance(old, dict) or _identity(old) != _identity(header):
-    ck = old.get("checkpoint", {}) if isinstance(old, dict) else {}
+  old = old if isinstance(old, dict) else {}
+  if _identity(old) != _identity(header):
+    ck, config = old.get("checkpoint") or {}, old.get("config") or {}
     raise UsageError(
         f"{path} holds the results of another evaluation (checkpoint {ck.get('path')!r}, step "
-        f"{ck.get('step')}, config {(old.get('config') or {}).get('name') if isinstance(old, dict) else None!r}); "
-        "it is left as it is: choose another --out, or move that folder away")
+        f"{ck.get('step')}, config {config.get('name')!r}); it is left as it is: choose another "
+        "--out, or move that folder away")
 
 
 def _write_atomically(path: str, text: str) -> None:
