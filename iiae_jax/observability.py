@@ -24,19 +24,26 @@ class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tensorboard`.
 
   Only process 0 writes; the other processes get a writer that does nothing.
+  A run resumed at `start_step` replays the steps after it, so the records of
+  those steps that the interrupted run wrote move to
+  `metrics.interrupted_after_step_<start_step>.jsonl` (metrics.jsonl then holds
+  each step once), and TensorBoard hides its events after `start_step`.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _set_aside_records_after(path, start_step)
+    self._jsonl = open(path, "a", buffering=1)
     try:
       from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10,
+                               purge_step=start_step + 1 if start_step else None)
     except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
       logging.warning("tensorboardX is not installed: no TensorBoard event files")
 
@@ -61,6 +68,37 @@ class MetricWriter:
       self._tb.close()
     if self._jsonl is not None:
       self._jsonl.close()
+
+
+def _set_aside_records_after(path: str, step: int) -> None:
+  """Moves the records of `path` with a step after `step` into a file of their own."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  cut = bool(lines) and not lines[-1].endswith("\n")
+  if cut:  # cut short by a kill: the next record starts a new line
+    lines[-1] += "\n"
+  kept, later = [], []
+  for line in lines:
+    try:
+      record_step = int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # not a whole record of ours: keep it
+      record_step = None
+    (later if record_step is not None and record_step > step else kept).append(line)
+  if later:
+    from iiae_jax.checkpointing import unused_path  # pylint: disable=g-import-not-at-top
+    aside = unused_path(os.path.join(os.path.dirname(path), f"metrics.interrupted_after_step_{step}"),
+                        ".jsonl")
+    with open(aside, "w") as f:
+      f.writelines(later)
+    logging.info("resuming at step %d: %d records of later steps moved from %s to %s",
+                 step, len(later), path, aside)
+  if not (later or cut):
+    return
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 def _jsonable(v):

@@ -446,8 +446,8 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
             "time": time.time()}
     checkpoints.save(step, host, meta, force=force)
 
-  writer = observability.MetricWriter(workdir, enabled=main)
   start = int(state.step)
+  writer = observability.MetricWriter(workdir, enabled=main, start_step=start)
   progress = observability.Progress(num_steps, start, t.get("progress_bar", "auto"), enabled=main)
   train_call = make_train_call(model, optimizer, weights, train_input)
   resident = parallel.replicate(train_input.resident())

@@ -89,6 +89,40 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
   a, b = flat_leaves(resumed), flat_leaves(uninterrupted)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  # The log holds every step once, as the uninterrupted run's; the killed run's records of the
+  # steps replayed after the checkpoint are kept aside.
+  logged = {name: [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+            for name in ("killed", "straight")}
+  train = {name: [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+           for name, records in logged.items()}
+  assert [s for s, _ in train["killed"]] == list(range(2, 401, 2))
+  assert train["killed"] == train["straight"]
+  for aside in killed.glob("metrics.interrupted_after_step_*.jsonl"):
+    assert aside.name == f"metrics.interrupted_after_step_{saved}.jsonl"
+    assert all(json.loads(line)["step"] > saved for line in open(aside))
+
+
+def test_a_resumed_log_sets_aside_the_records_after_the_checkpoint(tmp_path):
+  from iiae_jax import observability
+  path = tmp_path / "metrics.jsonl"
+  records = [json.dumps({"step": s, "kind": "train", "loss": s}) + "\n" for s in range(1, 11)]
+  path.write_text("".join(records) + '{"step": 11, "kind": "tr')   # a kill cut the last record short
+  writer = observability.MetricWriter(str(tmp_path), start_step=6)
+  writer.write(7, {"loss": 70.0})
+  writer.close()
+  lines = path.read_text().splitlines()
+  assert lines[:6] == [r.strip() for r in records[:6]]
+  assert lines[6] == '{"step": 11, "kind": "tr'                    # kept, on its own line
+  assert json.loads(lines[7])["loss"] == 70.0 and len(lines) == 8
+  aside = tmp_path / "metrics.interrupted_after_step_6.jsonl"
+  assert aside.read_text() == "".join(records[6:])
+  observability.MetricWriter(str(tmp_path), start_step=7).close()  # nothing after step 7
+  assert len(path.read_text().splitlines()) == 8
+  observability.MetricWriter(str(tmp_path), start_step=0).close()  # a fresh start keeps nothing
+  assert aside.read_text() == "".join(records[6:])                  # never overwritten
+  moved = (tmp_path / "metrics.interrupted_after_step_0.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in moved] == [1, 2, 3, 4, 5, 6, 7]
+  assert path.read_text() == '{"step": 11, "kind": "tr\n'
 
 
 def _cli_config(num_steps):
