@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Dict, Optional
 
+import numpy as np
+
 
 def quiet_library_logs() -> None:
   """Keeps absl's INFO log to our own lines: drops the chatter of orbax's checkpoint internals."""
@@ -71,37 +73,37 @@ class MetricWriter:
 
 
 def _set_aside_records_after(path: str, step: int) -> None:
-  """Moves the records of `path` with a step after `step` into a file of their own."""
+  """Moves the records of `path` after `step`, and any line cut short, into a file of their own."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
-  cut = bool(lines) and not lines[-1].endswith("\n")
-  if cut:  # cut short by a kill: the next record starts a new line
-    lines[-1] += "\n"
-  kept, later = [], []
+  kept, aside = [], []
   for line in lines:
     try:
-      record_step = int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):  # not a whole record of ours: keep it
-      record_step = None
-    (later if record_step is not None and record_step > step else kept).append(line)
-  if later:
-    from iiae_jax.checkpointing import unused_path  # pylint: disable=g-import-not-at-top
-    aside = unused_path(os.path.join(os.path.dirname(path), f"metrics.interrupted_after_step_{step}"),
-                        ".jsonl")
-    with open(aside, "w") as f:
-      f.writelines(later)
-    logging.info("resuming at step %d: %d records of later steps moved from %s to %s",
-                 step, len(later), path, aside)
-  if not (later or cut):
+      whole = line.endswith("\n") and int(json.loads(line)["step"]) <= step
+    except (ValueError, KeyError, TypeError):  # cut short by a kill, or not a record
+      whole = False
+    (kept if whole else aside).append(line if line.endswith("\n") else line + "\n")
+  if not aside:
     return
+  from iiae_jax.checkpointing import unused_path  # pylint: disable=g-import-not-at-top
+  aside_path = unused_path(os.path.join(os.path.dirname(path), f"metrics.interrupted_after_step_{step}"),
+                           ".jsonl")
+  with open(aside_path, "w") as f:
+    f.writelines(aside)
   with open(path + ".tmp", "w") as f:
     f.writelines(kept)
   os.replace(path + ".tmp", path)
+  logging.info("resuming at step %d: %d lines of %s (later steps, or cut short) moved to %s",
+               step, len(aside), path, aside_path)
 
 
 def _jsonable(v):
+  """Counts stay integers; other numbers become floats, non-finite ones strings."""
+  kind = np.asarray(v).dtype.kind if hasattr(v, "__float__") else ""
+  if kind and kind in "biu":
+    return bool(v) if kind == "b" else int(v)
   v = float(v) if hasattr(v, "__float__") else v
   return v if not isinstance(v, float) or math.isfinite(v) else str(v)
 
