@@ -454,6 +454,34 @@ def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
   assert (out / "results.json").read_text() == "{not json"
 
 
+def test_a_folder_without_results_is_written_only_when_empty(features, tmp_path, monkeypatch):
+  """Another page in --out is never overwritten; an interrupted evaluation's folder is its own."""
+  model, variables = features
+  config = _config("features", {"pr": dict(type="paired_retrieval")})
+  workdir, out = tmp_path / "run", tmp_path / "report"
+  _save_checkpoint(config, str(workdir), step=5, variables=variables)
+  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
+  run = lambda: evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out),
+                                               config_name="configs/x.py", datasets=datasets, echo=None)
+  os.makedirs(out / "pr")
+  (out / "index.html").write_text("my own page")
+  with pytest.raises(evaluation.UsageError, match=r"already holds index.html, pr .*no results.json"):
+    run()
+  assert (out / "index.html").read_text() == "my own page" and sorted(os.listdir(out)) == ["index.html", "pr"]
+  (out / "index.html").unlink()
+  os.rmdir(out / "pr")
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(evaluation.EvaluationSuite, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+      run()
+  assert json.loads((out / "results.json").read_text())["status"] == "running"
+  assert run()["status"] == "complete"                                  # the rerun may finish it
+  assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
 def test_a_damaged_latest_checkpoint_is_reported_as_a_fall_back(features, tmp_path):
   model, variables = features
   config = _config("features", {"pr": dict(type="paired_retrieval")})

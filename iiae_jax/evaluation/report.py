@@ -179,6 +179,26 @@ def _identity(results: Dict[str, Any]) -> Tuple:
   return results.get("workdir"), ck.get("path"), ck.get("step"), results.get("config")
 
 
+def _claim_out_dir(out_dir: str, header: Dict[str, Any]) -> None:
+  """Makes <out_dir> this evaluation's, or refuses (UsageError) and leaves it as it is.
+
+  Only a rerun of the same evaluation may write into a folder that holds
+  results.json (and images); a folder without one must be empty. The header is
+  written as results.json first ("status": "running"), so a folder that an
+  interrupted evaluation left behind is still recognised as its own.
+  """
+  _refuse_other_results(out_dir, header)
+  path = os.path.join(out_dir, "results.json")
+  if not os.path.exists(path):
+    present = sorted(os.listdir(out_dir))
+    if present:
+      raise UsageError(
+          f"{out_dir} already holds {', '.join(present[:5])}{' ...' if len(present) > 5 else ''} "
+          "and no results.json of this evaluation; it is left as it is: choose another --out "
+          "(a new or empty folder), or move those files away")
+  _write_atomically(path, json.dumps(dict(header, status="running"), indent=2))
+
+
 def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
   """Only a rerun of the same evaluation may replace <out_dir>/results.json (and its images)."""
   path = os.path.join(out_dir, "results.json")
@@ -231,8 +251,9 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
   <workdir>/eval_<kind>_<step>/, kind = best | latest | step) and prints a
   table of the metrics through `echo` (None: silent). A folder that already
   holds results is written only by a rerun of the same evaluation (same
-  checkpoint and evaluators); any other is refused (UsageError), and the
-  files are replaced whole. Returns the content of results.json.
+  checkpoint and evaluators), and any other folder must be empty: the rest is
+  refused (UsageError). Files are replaced whole. Returns the content of
+  results.json.
   """
   config_validation.validate_config(config)
   echo = echo or (lambda _: None)
@@ -254,10 +275,10 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
       "workdir": os.path.abspath(workdir),
       "checkpoint": info,
   })
-  _refuse_other_results(out_dir, header)
+  _claim_out_dir(out_dir, header)
   metrics = suite(model, variables, info["step"], out_dir)
   results = _jsonable(dict(
-      header, datasets=suite.datasets.sizes(), metrics=metrics,
+      header, status="complete", datasets=suite.datasets.sizes(), metrics=metrics,
       artifacts=[os.path.relpath(p, out_dir) for p in suite.artifacts],
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
   _write_atomically(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, sort_keys=False))
