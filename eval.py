@@ -22,13 +22,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from iiae_jax import checkpointing, evaluation
+  from iiae_jax import checkpointing, config_validation, evaluation
   from iiae_jax.data import DatasetNotFoundError
   config_name = config_flags.get_config_filename(flags.FLAGS["config"])
   try:
     evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value,
                                    config_name=config_name)
-  except (checkpointing.CheckpointError, DatasetNotFoundError, evaluation.UsageError) as e:
+  except (checkpointing.CheckpointError, config_validation.ConfigError, DatasetNotFoundError,
+          evaluation.UsageError) as e:
     print(f"eval.py: error: {e}", file=sys.stderr)
     sys.exit(1)
 

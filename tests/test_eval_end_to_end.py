@@ -77,13 +77,13 @@ def _train(tmp_path, source):
   return config, str(config_path), workdir
 
 
-def _eval(config_path, workdir, *flags):
+def _eval(config_path, workdir, *flags, returncode=0):
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--config={config_path}",
                          f"--workdir={workdir}", *flags], capture_output=True, text=True, env=env,
                         cwd=ROOT, timeout=300)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  return proc.stdout
+  assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return proc.stdout if returncode == 0 else proc.stderr
 
 
 def _files(root):
@@ -161,6 +161,9 @@ def test_digits_zs_train_then_eval_py_reports_zero_shot_retrieval(tmp_path):
       assert 0.0 <= results["metrics"][f"{name}/{k}"] <= 1.0
   assert results["artifacts"] == []
   assert "zs_retrieval/map@50_reference" in (tmp_path / "report" / "index.html").read_text()
+  error = _eval(config_path, workdir, "--config.training.batch_size=-3", returncode=1)
+  assert error.strip().splitlines()[-1] == "  training.batch_size must be an integer >= 0, got -3"
+  assert "eval.py: error: invalid config:" in error and "Traceback" not in error
   # The training run evaluated zero-shot retrieval too (on test: the config has no valid split).
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("zs_retrieval/map_all" in record for record in logged if record["kind"] == "eval")
