@@ -105,6 +105,26 @@ def _copy_module(variables, src, dst):
   return out
 
 
+def _mirror_shared_encoders(variables):
+  """r^y = r^x with its input kernel negated: r^y(-v) == r^x(v) bit for bit (the first
+  layer is a bias-free Dense on the input), while r^x(-v) is another embedding."""
+  out = _copy_module(variables, "shared_encoder_x", "shared_encoder_y")
+  first = "['PreNorm_0']['Dense_0']['kernel']"
+  out["params"]["shared_encoder_y"] = jax.tree_util.tree_map_with_path(
+      lambda path, p: -p if jax.tree_util.keystr(path) == first else p, out["params"]["shared_encoder_y"])
+  return out
+
+
+def _with_batch_stats(variables, seed):
+  """`variables` with running statistics away from the defaults (means != 0, variances != 1)."""
+  rng = np.random.default_rng(seed)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, s: (rng.uniform(0.5, 2.0, s.shape) if "var" in jax.tree_util.keystr(path)
+                       else rng.normal(0.0, 0.3, s.shape)).astype(s.dtype),
+      variables["batch_stats"])
+  return {"params": variables["params"], "batch_stats": stats}
+
+
 # ---------------------------------------------------------------------------
 # Embeddings
 
@@ -173,6 +193,17 @@ def test_paired_retrieval_pairs_example_i_with_example_i(features):
       assert isinstance(out[f"pr/{key}"], int) and 0 <= out[f"pr/{key}"] <= n
     else:
       assert 0.0 <= out[f"pr/{key}"] <= 1.0
+  # Duplicates make the directions differ: x = (b, b, c), y = (b, c, c), identical encoders.
+  # X->Y: x_0 finds y_0; x_1 ties y_0 and y_1 at 0 (y_0, lower index); x_2 ties y_1 first: 1 hit.
+  # Y->X: y_0 ties x_0 and x_1 (x_0: a hit); y_1 finds x_2 (a miss); y_2 finds x_2: 2 hits.
+  b, c = np.random.default_rng(3).uniform(-1, 1, (2, 12)).astype(np.float32)
+  lopsided = PairedData("synthetic", "test", np.stack([b, b, c]), np.stack([b, c, c]))
+  out = _suite(config, _Loader(test=lopsided))(model, same, step=3)
+  assert (out["pr/shared_x_to_y_hits"], out["pr/shared_y_to_x_hits"]) == (1, 2), out
+  assert out["pr/shared_x_to_y"] == pytest.approx(1 / 3) and out["pr/shared_y_to_x"] == pytest.approx(2 / 3)
+  # The constant z_y ties every y for each x (y_0 first); all y share one nearest x: 1 hit each way.
+  assert out["pr/exclusive_x_to_y_hits"] == out["pr/exclusive_y_to_x_hits"] == 1
+  assert out["pr/num_pairs"] == 3 and out["pr/chance"] == pytest.approx(1 / 3)
 
 
 def test_zs_retrieval_reports_every_labelled_metric(features):
@@ -192,6 +223,19 @@ def test_zs_retrieval_reports_every_labelled_metric(features):
   assert out["zs/num_queries"] == 9
   for k in expected - {"num_queries", "queries_without_relevant"}:
     assert 0.0 <= out[f"zs/{k}"] <= 1.0
+  # Photos are embedded by r^y, sketches by r^x: with mirrored encoders photo -v_i is the exact
+  # twin of sketch v_i (r^x(-v_i) is not), and with one photo per class each query's only
+  # relevant photo is at rank 1.
+  names = [f"c{i}" for i in range(9)]
+  mirrored = _mirror_shared_encoders(variables)
+  data = ZeroShotData("synthetic", "test", feats, np.arange(9, dtype=np.int32), -feats,
+                      np.arange(9, dtype=np.int32), names)
+  emb = evaluation.embed_zero_shot(model, mirrored, data, batch_size=4)
+  np.testing.assert_array_equal(emb["photo_z_s"], emb["sketch_z_s"])
+  out = _suite(config, _Loader(test=data))(model, mirrored, step=0)
+  assert out["zs/map_all"] == 1.0 and out["zs/precision@1"] == 1.0, out
+  assert out["zs/map@5"] == 1.0 and out["zs/precision@5"] == pytest.approx(1 / 5)
+  assert out["zs/map@5_reference"] == pytest.approx(1 / 5) and out["zs/queries_without_relevant"] == 0
   default = evaluation.make_evaluator("zs", {"type": "zs_retrieval"}, None)
   assert default.options["ks"] == (100,)
 
@@ -218,6 +262,33 @@ def test_disentanglement_probes_each_named_factor_from_each_latent(spatial):
   config = _config(evals={"dis": dict(type="disentanglement", factor_names=["shape"])})
   with pytest.raises(ValueError, match="shape"):
     _suite(config, _Loader(test=test, train=test))(model, variables, step=0)
+
+
+def _digit_coded(split, n, seed):
+  """Pairs whose x is one of three fixed vectors, chosen by the digit (i % 3); y is noise."""
+  rng = np.random.default_rng(seed)
+  prototypes = np.random.default_rng(11).uniform(-1, 1, (3, 12)).astype(np.float32)
+  digit = np.arange(n) % 3
+  return PairedData("synthetic", split, prototypes[digit], rng.uniform(-1, 1, (n, 12)).astype(np.float32),
+                    factors={"digit": digit, "color": (np.arange(n) // 2) % 2},
+                    factor_names={"digit": ["a", "b", "c"], "color": ["red", "blue"]})
+
+
+def test_disentanglement_probes_score_each_latent_on_its_own_code(features):
+  """z_s_x and z_x take one value per digit (x is a function of the digit): a probe fitted on
+  the train split's labels reads the digit perfectly. z_y is constant (a zeroed encoder):
+  its probe can only answer the train split's most frequent label, which is also the test
+  split's: exactly chance."""
+  model, variables = features
+  constant_z_y = _replace(variables, "exclusive_encoder_y", np.zeros_like)
+  # Train: 10 pairs, digits 4/3/3 and colours 6/4 (label 0 most frequent, no tie).
+  # Test: 9 pairs, digits 3/3/3 (chance 1/3), colours 5/4 (chance 5/9).
+  loader = _Loader(valid=_digit_coded("valid", 10, seed=2), test=_digit_coded("test", 9, seed=1))
+  config = _config("features", {"dis": dict(type="disentanglement", train_split="valid", batch_size=8)})
+  out = _suite(config, loader)(model, constant_z_y, step=0)
+  assert out["dis/z_s_x/digit"] == 1.0 and out["dis/z_x/digit"] == 1.0, out
+  assert out["dis/z_y/digit"] == out["dis/z_y/digit_chance"] == pytest.approx(1 / 3), out
+  assert out["dis/z_y/color"] == out["dis/z_y/color_chance"] == pytest.approx(5 / 9), out
 
 
 def test_unknown_evaluator_type_or_field_is_a_clear_error():
@@ -336,6 +407,43 @@ def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_p
   # Left column, second row: the first content source x_0, mapped from [-1, 1] to bytes.
   top = p + (RES + p)
   np.testing.assert_array_equal(pixels[top:top + RES, p:p + RES], grids.to_uint8(data.x[0]))
+  # Every cell is the image its description names: the same panels, sources and references.
+  x, y = data.x[:3], data.y[:3]
+  panels = grids.make_panels(model, variables, x, y, num_samples=2, seed=0)
+
+  def cell(name, row, col):
+    with Image.open(tmp_path / "grid" / f"{name}.png") as im:
+      pixels = np.asarray(im)
+    top, left = p + row * (RES + p), p + col * (RES + p)
+    return pixels[top:top + RES, left:left + RES]
+
+  for i in range(3):
+    for name, source, target, samples in (("translation_x_to_y", x, y, panels["x_to_y"]),
+                                          ("translation_y_to_x", y, x, panels["y_to_x"])):
+      np.testing.assert_array_equal(cell(name, i, 0), grids.to_uint8(source[i]), err_msg=f"{name} source {i}")
+      np.testing.assert_array_equal(cell(name, i, 1), grids.to_uint8(target[i]), err_msg=f"{name} pair {i}")
+      for k in range(2):
+        np.testing.assert_array_equal(cell(name, i, 2 + k), grids.to_uint8(samples[k, i]),
+                                      err_msg=f"{name} draw {k} of {i}")
+    for name, content, style, cells in (("style_transfer_x_to_y", x, y, panels["style_x_to_y"]),
+                                        ("style_transfer_y_to_x", y, x, panels["style_y_to_x"])):
+      np.testing.assert_array_equal(cell(name, 1 + i, 0), grids.to_uint8(content[i]),
+                                    err_msg=f"{name} row header {i}")
+      np.testing.assert_array_equal(cell(name, 0, 1 + i), grids.to_uint8(style[i]),
+                                    err_msg=f"{name} column header {i}")
+      for j in range(3):
+        np.testing.assert_array_equal(cell(name, 1 + i, 1 + j), grids.to_uint8(cells[i, j]),
+                                      err_msg=f"{name} cell {i}, {j}")
+  # Errors: reconstructions against their inputs; the paired translations (the style grids'
+  # diagonals) against the true pair in the target domain.
+  diagonal = lambda a: np.stack([a[i, i] for i in range(3)])
+  mae = lambda a, b: float(np.mean(np.abs(a - b)))
+  assert out["grid/recon_mae_x"] == pytest.approx(mae(panels["recon_x"], x), rel=1e-6)
+  assert out["grid/recon_mae_y"] == pytest.approx(mae(panels["recon_y"], y), rel=1e-6)
+  assert out["grid/translation_mae_x_to_y"] == pytest.approx(
+      mae(diagonal(panels["style_x_to_y"]), y), rel=1e-6)
+  assert out["grid/translation_mae_y_to_x"] == pytest.approx(
+      mae(diagonal(panels["style_y_to_x"]), x), rel=1e-6)
   # Without an output directory nothing is written.
   out = suite(model, variables, step=1)
   assert out["grid/images_written"] == 0 and suite.artifacts == []
@@ -421,9 +529,38 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
   assert set(on_disk["metrics"]) == {f"pr/{k}" for k in PAIRED_KEYS}
   assert {"date", "artifacts", "workdir", "schema_version"} <= set(on_disk)
   assert "pr/exclusive_y_to_x_hits" in (out / "index.html").read_text()
+  # The metrics are those of the variables that were saved, and the page shows each value.
+  expected = _suite(config, _Loader(test=_paired(n=7, shape=(12,))))(model, variables, step=5)
+  assert results["metrics"] == expected
+  page = (out / "index.html").read_text()
+  for key, value in expected.items():
+    shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    assert f"<tr><td>{key}</td><td>{shown}</td></tr>" in page, (key, shown)
   with pytest.raises(ValueError, match="own folder"):
     evaluation.evaluate_checkpoint(config, str(workdir), "latest", out_dir=str(workdir / "checkpoints"),
                                    datasets=datasets, echo=None)
+
+
+def test_evaluate_checkpoint_metrics_are_those_of_the_saved_variables(spatial, tmp_path):
+  """Restored parameters and running statistics both reach the evaluators: the pixel errors
+  equal those of the suite run on the variables in memory, and index.html shows each one."""
+  model, variables = spatial
+  variables = _with_batch_stats(variables, seed=3)
+  config = _config(evals={"grid": dict(type="translation_grid", num_examples=3, num_samples=2)})
+  data = _paired(n=4, seed=6)
+  workdir = tmp_path / "run"
+  _save_checkpoint(config, str(workdir), step=4, variables=variables)
+  results = evaluation.evaluate_checkpoint(config, str(workdir), "latest", config_name="configs/x.py",
+                                           datasets=evaluation.Datasets(config, _Loader(test=data)), echo=None)
+  expected = _suite(config, _Loader(test=data))(model, variables, step=4, out_dir=str(tmp_path / "memory"))
+  assert set(expected) == {f"grid/{k}" for k in ("recon_mae_x", "recon_mae_y", "translation_mae_x_to_y",
+                                                 "translation_mae_y_to_x", "images_written", "num_examples")}
+  assert results["metrics"] == expected
+  assert results["metrics"]["grid/images_written"] == 7 and results["metrics"]["grid/num_examples"] == 3
+  page = (workdir / "eval_latest_4" / "index.html").read_text()
+  for key, value in expected.items():
+    shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    assert f"<tr><td>{key}</td><td>{shown}</td></tr>" in page, (key, shown)
 
 
 def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
