@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Suffix of a damaged checkpoint's folder once set aside (orbax ignores such names).
 DAMAGED_SUFFIX = ".damaged"
@@ -117,6 +118,12 @@ class Checkpoints:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     errors, damaged = [], []
     for candidate in candidates:
+      stored = self._stored_shapes(candidate)  # None when its metadata cannot be read (damaged)
+      mismatched = stored is not None and _mismatches(stored, named_shapes(abstract))
+      if mismatched:
+        raise ConfigMismatchError(
+            f"checkpoint {candidate} in {self.directory} does not fit: its arrays differ from the "
+            f"model's and optimizer's (it was written for another config):\n{describe_mismatches(mismatched)}")
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -124,18 +131,10 @@ class Checkpoints:
         _verify_checksums(restored["state"], meta.pop(CHECKSUMS_KEY, {}))
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
-        if not isinstance(e, ChecksumError) and _is_shape_mismatch(e):
-          raise ConfigMismatchError(message + "\nIt was written for another model config.") from e
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
         damaged.append(candidate)
         continue
-      # Orbax restores arrays in their saved shapes even where the target's differ.
-      mismatched = shape_mismatches(restored["state"], abstract)
-      if mismatched:
-        raise ConfigMismatchError(
-            f"checkpoint {candidate} in {self.directory} does not fit: array shapes differ "
-            f"(it was written for another model config):\n{describe_mismatches(mismatched)}")
       if errors:
         logging.warning("restored checkpoint %d after skipping damaged ones: %s", candidate, damaged)
         if set_aside_damaged:
@@ -143,6 +142,14 @@ class Checkpoints:
       return restored["state"], meta, candidate
     raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors) +
                           f"\nMove {self.directory} away (or use another --workdir) to start afresh.")
+
+  def _stored_shapes(self, step: int) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """{array path: shape} of the state saved at `step`, from its metadata; None if unreadable."""
+    try:
+      tree = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory, str(step), "state"))
+      return named_shapes(getattr(tree, "tree", tree)) or None  # none listed: damaged too
+    except Exception:  # pylint: disable=broad-except  # damaged metadata: restore() reports it
+      return None
 
   def _set_aside(self, steps: List[int]) -> None:
     """Renames damaged step folders `<step>.damaged[.N]` (process 0), then every process re-lists."""
@@ -172,12 +179,21 @@ def unused_path(stem: str, extension: str = "") -> str:
   return path
 
 
-def shape_mismatches(restored: Any, template: Any) -> List[Tuple[str, Any, Any]]:
-  """[(array path, restored shape, template shape)] wherever the two differ (or one is missing)."""
-  leaves = jax.tree_util.tree_leaves_with_path
-  got = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in leaves(restored)}
-  want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in leaves(template)}
-  return [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+def named_shapes(tree: Any) -> Dict[str, Tuple[int, ...]]:
+  """{"params/encoder/Dense_0/kernel": shape} for every array of `tree` (any pytree, or orbax's
+  metadata tree of a saved one: the names are the same)."""
+  def name(key):
+    for field in ("key", "name", "idx"):
+      if hasattr(key, field):
+        return str(getattr(key, field))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(np.shape(v) if not hasattr(v, "shape") else v.shape)
+          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _mismatches(stored: Dict[str, Any], wanted: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+  return [(k, stored.get(k, "absent"), wanted.get(k, "absent")) for k in sorted(set(stored) | set(wanted))
+          if stored.get(k, "absent") != wanted.get(k, "absent")]
 
 
 def checksums(state: Any) -> Dict[str, Any]:
@@ -218,8 +234,3 @@ def _summary(error: BaseException, width: int = 300) -> str:
     lines.append(f"{type(error).__name__}: {first[:width]}{' ...' if len(first) > width else ''}")
     error, seen = error.__cause__, seen + 1
   return " <- ".join(lines)
-
-
-def _is_shape_mismatch(error: Exception) -> bool:
-  text = str(error).lower()
-  return "shape" in text and ("mismatch" in text or "does not match" in text or "expected" in text)

@@ -369,9 +369,21 @@ def test_restore_refuses_arrays_of_another_shape_naming_paths_and_shapes(tmp_pat
     checkpoints.restore(target)                 # no fallback: an older one would not fit either
   checkpoints.close()
   message = str(e.value)
-  assert "checkpoint 3" in message and "array shapes differ" in message
-  assert "['params']['w']: (64, 8) (checkpoint) != (32, 8) (expected)" in message
-  assert "['params']['b']" not in message
+  assert "checkpoint 3" in message and "its arrays differ" in message
+  assert "params/w: (64, 8) (checkpoint) != (32, 8) (expected)" in message
+  assert "params/b" not in message
+  # Another structure (an array added, one gone: another architecture) is a mismatch too,
+  # not a damaged checkpoint.
+  target = _small_state(0)
+  target["params"]["extra"] = target["params"].pop("b")
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), max_to_keep=None)
+  with pytest.raises(checkpointing.ConfigMismatchError) as e, warnings.catch_warnings():
+    warnings.simplefilter("error")              # no "damaged ... trying an older one"
+    checkpoints.restore(target)
+  checkpoints.close()
+  assert "params/b: (8,) (checkpoint) != absent (expected)" in str(e.value)
+  assert "params/extra: absent (checkpoint) != (8,) (expected)" in str(e.value)
+  assert _steps(tmp_path) == [1, 2, 3]          # nothing set aside
 
 
 def test_checksums_are_recorded_per_array_and_kept_out_of_the_returned_record(tmp_path):
