@@ -39,17 +39,30 @@ def reconstruction_error(recon: jax.Array, target: jax.Array, kind: str) -> jax.
 def unpack_batch(batch) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """(x, y), (x, y, labels) or a mapping with keys x, y and optionally label."""
   if isinstance(batch, Mapping):
-    return batch["x"], batch["y"], batch.get("label")
-  if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-    return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
-  raise ValueError("batch must be (x, y), (x, y, labels) or a dict with keys 'x', 'y' "
-                   f"[, 'label']; got {type(batch).__name__}")
+    unknown = sorted(set(batch) - {"x", "y", "label"})
+    if unknown or not {"x", "y"} <= set(batch):
+      raise ValueError(f"a dict batch has keys 'x', 'y' and optionally 'label'; got {sorted(batch)}")
+    x, y, labels = batch["x"], batch["y"], batch.get("label")
+  elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+    x, y, labels = batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+  else:
+    raise ValueError("batch must be (x, y), (x, y, labels) or a dict with keys 'x', 'y' "
+                     f"[, 'label']; got {type(batch).__name__}")
+  if labels is not None and jnp.shape(labels) != jnp.shape(x)[:1]:
+    raise ValueError(f"labels must have shape (batch,) = {tuple(jnp.shape(x)[:1])}, one class index "
+                     f"per pair; got {tuple(jnp.shape(labels))}")
+  return x, y, labels
 
 
 def _weights(weights) -> dict:
   merged = dict(DEFAULT_WEIGHTS)
   if weights is not None:
-    merged.update({k: weights[k] for k in (weights.keys() if hasattr(weights, "keys") else [])})
+    if not hasattr(weights, "keys"):
+      raise ValueError(f"weights must be a mapping like config.loss, got {type(weights).__name__}")
+    unknown = sorted(set(weights.keys()) - set(DEFAULT_WEIGHTS))
+    if unknown:
+      raise ValueError(f"unknown loss field(s) {unknown}; the fields are {sorted(DEFAULT_WEIGHTS)}")
+    merged.update({k: weights[k] for k in weights.keys()})
   for field in ("beta", "lam", "recon_weight", "class_weight"):
     if merged[field] < 0:
       raise ValueError(f"loss.{field} must be >= 0, got {merged[field]}")

@@ -99,6 +99,19 @@ def test_class_term_requires_labels_when_weighted():
     iiae_jax.loss(model, variables, (x, y), jax.random.key(1), weights=dict(beta=-1.0))
 
 
+def test_misnamed_weights_batch_keys_and_labels_are_named():
+  model, variables, x, y, labels = _setup()
+  key = jax.random.key(1)
+  with pytest.raises(ValueError, match=r"unknown loss field\(s\) \['recon_wieght'\]"):
+    iiae_jax.loss(model, variables, (x, y), key, weights=dict(recon_wieght=1e6))
+  with pytest.raises(ValueError, match=r"keys 'x', 'y' and optionally 'label'; got \['Y', 'x'\]"):
+    iiae_jax.loss(model, variables, {"x": x, "Y": y}, key, weights=WEIGHTS)
+  with pytest.raises(ValueError, match=r"got \['labels', 'x', 'y'\]"):   # 'labels' would be ignored
+    iiae_jax.loss(model, variables, {"x": x, "y": y, "labels": labels}, key, weights=WEIGHTS)
+  with pytest.raises(ValueError, match=rf"labels must have shape \(batch,\) = \({x.shape[0]},\).*got \(3,\)"):
+    iiae_jax.loss(model, variables, (x, y, labels[:3]), key, weights=WEIGHTS)
+
+
 def test_loss_works_under_jit_grad_and_dict_batches():
   model, variables, x, y, labels = _setup()
   fn = jax.jit(jax.value_and_grad(
