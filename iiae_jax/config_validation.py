@@ -151,14 +151,16 @@ def _check_model(c: _Checker) -> None:
 
 
 def _check_data(c: _Checker) -> None:
-  from iiae_jax.data import DATASETS  # pylint: disable=g-import-not-at-top
-  c.one_of("data", "source", DATA_SOURCES)
+  from iiae_jax import data  # pylint: disable=g-import-not-at-top
+  source = c.one_of("data", "source", DATA_SOURCES)
   c.boolean("data", "flip")
-  name = c.group("data").get("name")
-  if name not in DATASETS:  # an unknown name is reported by the loader (tests and users may inject data)
+  name = c.one_of("data", "name", sorted(data.DATASETS), required=True)
+  if name is None:
     return
+  if source is not None or c.group("data").get("source") is None:  # absent: 'files'
+    _check_data_options(c, name, source or "files")
   # Every split a run reads, by the field that names it (a typo fails now, not an epoch later).
-  splits = DATASETS[name].splits
+  splits = data.DATASETS[name].splits
   must = f"be one of {list(splits)} (the splits of {name})"
   for field in ("train_split", "valid_split"):
     c.check("data", field, lambda v: v in splits or (field == "valid_split" and v == ""), must)
@@ -167,6 +169,20 @@ def _check_data(c: _Checker) -> None:
     for field in [f for f in entry_fields if f.endswith("split")]:
       if entry[field] not in splits:
         c.errors.append(f"evals.{entry_name}.{field} must {must}, got {entry[field]!r}")
+
+
+def _check_data_options(c: _Checker, name: str, source: str) -> None:
+  """Every data.options key must be an argument of the loader that `data.load` calls."""
+  from iiae_jax import data  # pylint: disable=g-import-not-at-top
+  try:
+    accepted = data.loader_options(name, source)
+  except ValueError as e:  # no TFDS builder for this dataset
+    c.errors.append(f"data.name = {name!r} cannot be read with data.source = {source!r}: {e}")
+    return
+  for option in c.group("data").get("options") or {}:
+    if option not in accepted:
+      c.errors.append(f"data.options.{option} is not an option of dataset {name!r} (data.source = "
+                      f"{source!r}); it accepts {list(accepted)}")
 
 
 def _check_distributed(c: _Checker) -> None:
@@ -195,7 +211,8 @@ def validate_config(config, *, num_devices: Optional[int] = None) -> None:
   Checks loss weights (>= 0, annealing_rate > 0), the optimiser (lr > 0, betas
   in [0, 1)), training lengths and intervals (positive), model sizes (positive
   integers; image resolution a power of two, at least 4 x latent_resolution),
-  the dataset and every split it reads (data.*_split, evals.*.split), the
+  the dataset (data.name known, every data.options key an argument of its
+  loader for data.source) and every split it reads (data.*_split, evals.*.split), the
   distributed group and every evals entry (type known, options valid, e.g. ks
   positive integers). With `num_devices`, also that training.batch_size
   divides over that many devices. Cheap: no data is read, nothing compiles.

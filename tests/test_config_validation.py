@@ -245,3 +245,82 @@ def test_each_sketchy_split_config_takes_one_pair_per_training_class(split, num_
                       [f"class_{c}" for c in range(num_classes)])
   pipeline = input_pipeline.ZeroShotInput(config, data)
   assert pipeline.global_batch == num_classes and pipeline.steps_per_epoch == 2
+
+
+def test_an_unknown_dataset_is_refused_listing_the_known_ones(tmp_path):
+  from iiae_jax import data
+  config = _features()
+  config.data.name = "nope"
+  config.loss.beta = -1.0
+  with pytest.raises(ConfigError) as e:
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  message = str(e.value)
+  assert f"data.name must be one of {sorted(data.DATASETS)}, got 'nope'" in message
+  assert "loss.beta must be >= 0" in message          # with every other bad field
+  assert not (tmp_path / "run").exists()              # no workdir, no .lock
+  del config.data["name"]
+  with pytest.raises(ConfigError, match=r"data.name is missing \(it must be one of \["):
+    validate_config(config)
+
+
+# (config, data.source, options: a bad one first, the options the loader accepts)
+BAD_OPTIONS = [
+    ("digits_zs", "files", dict(resolution=16), ["seed"]),
+    ("digits_cdcb", "files", dict(colour="red", seed=1), ["resolution", "seed", "copies"]),
+    ("sketchy", "files", dict(sketchy_splt=2), ["sketchy_split", "feature_dim"]),
+    ("facades", "files", dict(name="maps"), ["resolution", "verify", "cache_size", "num_threads"]),
+    ("digits_zs", "tfds", dict(copies=2, max_examples=5),
+     ["download_and_prepare", "manual_dir", "resolution", "cache_size", "lazy", "seed", "max_examples"]),
+    ("facades", "tfds", dict(verify=False), ["download_and_prepare", "manual_dir", "resolution",
+                                             "cache_size", "lazy"]),
+]
+
+
+@pytest.mark.parametrize("name,source,options,accepted", BAD_OPTIONS,
+                         ids=[f"{n}-{s}-{next(iter(o))}" for n, s, o, _ in BAD_OPTIONS])
+def test_an_option_the_loader_does_not_take_is_refused_naming_it(name, source, options, accepted):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.data.source = source
+  config.data.options = ml_collections.ConfigDict(options)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  bad = next(iter(options))
+  lines = [line.strip() for line in str(e.value).splitlines()[1:]]
+  assert lines == [f"data.options.{bad} is not an option of dataset {name!r} (data.source = "
+                   f"{source!r}); it accepts {accepted}"]
+
+
+def test_every_bad_option_is_listed_in_one_error():
+  config = _images()                                   # digits_cdcb
+  config.data.options.update(size=16, colour="red")
+  config.data.options.resolution = 16
+  config.loss.beta = -1.0
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  message = str(e.value)
+  assert "loss.beta" in message and "data.options.size" in message and "data.options.colour" in message
+  assert "data.options.resolution" not in message
+
+
+def test_a_dataset_without_a_tfds_builder_is_refused_with_source_tfds():
+  config = importlib.import_module("configs.sketchy").get_config()
+  config.data.update(name="synthetic_sketchy", source="tfds")
+  with pytest.raises(ConfigError, match=r"data.name = 'synthetic_sketchy' cannot be read with "
+                                        r"data.source = 'tfds': no TFDS builder"):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("split", ["1", "2"])
+def test_the_sketchy_configs_run_on_synthetic_sketchy(split):
+  """`--config.data.name=synthetic_sketchy` on configs/sketchy.py: its options (sketchy_split) are
+  the stand-in's too, and the stand-in has that split's classes (one pair each per batch)."""
+  from iiae_jax import input_pipeline
+  config = importlib.import_module("configs.sketchy").get_config(split)
+  config.data.name = "synthetic_sketchy"
+  config.data.options.feature_dim = 8                  # small, for speed
+  validate_config(config, num_devices=1)
+  for data_split, unseen in (("train", False), ("test", True)):
+    data = input_pipeline.load_split(config, data_split)
+    classes = {"1": (100, 25), "2": (104, 21)}[split][unseen]
+    assert data.num_classes == classes and data.sketch.shape[1] == 8
+  assert config.training.batch_size == config.model.num_classes == {"1": 100, "2": 104}[split]

@@ -35,7 +35,7 @@ def _model_config(architecture):
 def _config(architecture="spatial", evals=None, valid_split=""):
   config = common.get_config()
   config.model = _model_config(architecture)
-  config.data = common.data("synthetic")
+  config.data = common.data("digits_cdcb")  # a known name (validated); the splits come from a _Loader
   config.data.valid_split = valid_split
   config.evals = ml_collections.ConfigDict(evals or {})
   return config
