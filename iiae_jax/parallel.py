@@ -92,3 +92,20 @@ def unreplicate(tree: Any) -> Any:
 def global_offset(per_device_batch: int) -> jax.Array:
   """Global index of this device's first example (inside pmap over AXIS)."""
   return jax.lax.axis_index(AXIS) * per_device_batch
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def main_process_decides(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (a collective), so that every process takes the same
+  branch into collective work (saving the best checkpoint) even where their numbers differ."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))

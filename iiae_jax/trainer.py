@@ -416,47 +416,72 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   flat_config = flatten_config(config)
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), int(t.max_to_keep),
                                           keep_period=keep_every or None)
-  best = checkpointing.Checkpoints(os.path.join(workdir, "best"), 1) if evaluate else None
-  best_score = None
-  resumed = checkpoints.latest_step() is not None
-  changed = False  # resumed with --allow_config_change and another config
-  if resumed:
+  best_dir = os.path.join(workdir, "best")
+  best = checkpointing.Checkpoints(best_dir, 1) if evaluate else None
+  best_score, meta = None, {}
+  if checkpoints.latest_step() is not None:
     saved = checkpoints.read_meta().get("config", {})  # the newest readable record
-    changed = bool(refuse_other_config(saved, flat_config, workdir, allow_config_change))
+    refuse_other_config(saved, flat_config, workdir, allow_config_change)
     # A damaged newest checkpoint is skipped (and set aside) for the newest valid one.
     state, meta, step = checkpoints.restore(state, set_aside_damaged=True)
     state = jax.tree.map(jnp.asarray, state)
     best_score = meta.get("best_score")
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
+  start = int(state.step)
   if best is not None and best.latest_step() is not None:
-    best_score = _kept_best_score(best, flat_config, allow_config_change, best_score)
-  if main and (not resumed or changed):
-    path = os.path.join(workdir, "config.json")
-    if changed and os.path.exists(path):  # the config of the steps so far stays on record
-      os.rename(path, checkpointing.unused_path(os.path.join(workdir, f"config.until_step_{step}"), ".json"))
-    with open(path, "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=str)
+    best_score, other_config = _kept_best_score(best, flat_config, allow_config_change, best_score)
+    if other_config:  # allowed to change: the new config's evaluations compete afresh
+      best.close()
+      _set_aside_dir(best_dir, f"best.until_step_{start}", main)
+      best, best_score = checkpointing.Checkpoints(best_dir, 1), None
+  if main:
+    _write_config(workdir, config, start)
   if main and argv is not None:
     with open(os.path.join(workdir, "command.txt"), "a") as f:
       f.write(" ".join(argv) + "\n")
 
-  def save(step, force=False):
+  def save(step, force=False, evaluation_pending=False):
     host = jax.device_get(parallel.unreplicate(replicated))
+    # The steps since the last log line go with the checkpoint, so that a resumed run's first
+    # line averages the same steps; a failed evaluation is redone when the run resumes.
     meta = {"config": flat_config, "data_state": {"step": int(step)}, "best_score": best_score,
-            "time": time.time()}
+            "time": time.time(), "log_window": _log_window(pending),
+            "evaluation_pending": evaluation_pending}
     checkpoints.save(step, host, meta, force=force)
 
-  start = int(state.step)
+  def evaluate_now(step):
+    """Evaluates on every process; if it fails on any, every process checkpoints, then raises."""
+    nonlocal best_score
+    host = jax.device_get(parallel.unreplicate(replicated))
+    metrics, error = None, None
+    try:
+      metrics = evaluate(model, host.variables, step)
+    except Exception as e:  # pylint: disable=broad-except  # re-raised below, after the others agree
+      error = e
+    if parallel.any_process(error is not None):
+      save(step, force=True, evaluation_pending=True)  # the trained state outlives the evaluation
+      if error is not None:
+        raise error
+      raise RuntimeError(f"the evaluation at step {step} failed on another process (see its log); "
+                         "rerun the same command to resume and evaluate again")
+    best_score = _record_evaluation(metrics, host, step, writer, best if step >= select_from else None,
+                                    best_score, flat_config)
+
   writer = observability.MetricWriter(workdir, enabled=main, start_step=start)
   progress = observability.Progress(num_steps, start, t.get("progress_bar", "auto"), enabled=main)
   train_call = make_train_call(model, optimizer, weights, train_input)
   resident = parallel.replicate(train_input.resident())
   replicated = parallel.replicate(state)
   del state
-  pending, window_start, window_step = [], time.perf_counter(), start
+  pending, window_start, window_step = _restore_log_window(meta.get("log_window")), time.perf_counter(), start
   step = start
   stopped_early = False
+  if start >= num_steps:
+    logging.info("%s is already at step %d of %d: nothing to train", workdir, start, num_steps)
   try:
+    if meta.get("evaluation_pending") and evaluate is not None:
+      logging.info("the evaluation at step %d did not finish: running it again", start)
+      evaluate_now(start)
     while step < num_steps:
       n = min(k, num_steps - step)
       # Align calls to multiples of k so a resumed run makes exactly the same calls.
@@ -480,12 +505,7 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         writer.write(step, scalars)
         progress.update(step, scalars)
       if evaluate is not None and (at(eval_every) or step == num_steps):
-        try:
-          best_score = _evaluate(evaluate, model, replicated, step, writer,
-                                 best if step >= select_from else None, best_score, flat_config)
-        except Exception:
-          save(step, force=True)  # the trained state outlives a failed evaluation
-          raise
+        evaluate_now(step)
       if at(ckpt_every) or at(keep_every) or step == num_steps or stop:
         save(step, force=True)
       if stop and step < num_steps:
@@ -508,40 +528,86 @@ def _check_fault(replicated) -> None:
     raise NumericalFault(describe_fault(fault_step, int(replicated.fault_mask[0])))
 
 
-def _mean_metrics(pending) -> Dict[str, float]:
+def _window_values(pending) -> Dict[str, np.ndarray]:
+  """{metric: its value at each step} of the calls since the last log line."""
   stacked = jax.device_get(pending)
-  keys = stacked[0].keys()
-  return {k: float(np.mean(np.concatenate([np.asarray(m[k][0]).reshape(-1) for m in stacked])))
-          for k in keys}
+  return {k: np.concatenate([np.asarray(m[k][0]).reshape(-1) for m in stacked]) for k in stacked[0]}
+
+
+def _mean_metrics(pending) -> Dict[str, float]:
+  return {k: float(np.mean(v)) for k, v in _window_values(pending).items()}
+
+
+def _log_window(pending) -> Dict[str, Any]:
+  """The steps since the last log line, as JSON (for the checkpoint's record)."""
+  if not pending:
+    return {}
+  return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in _window_values(pending).items()}
+
+
+def _restore_log_window(window) -> list:
+  """`pending` as _log_window saved it: one call's metrics of a single device."""
+  if not window:
+    return []
+  return [{k: np.asarray(v["values"], v["dtype"])[None] for k, v in window.items()}]
+
+
+def _write_config(workdir: str, config, step: int) -> None:
+  """<workdir>/config.json is the current config; another one there is kept as
+  config.until_step_<step>.json (the config of the steps so far)."""
+  path = os.path.join(workdir, "config.json")
+  text = json.dumps(config.to_dict(), indent=2, default=str)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+    os.rename(path, checkpointing.unused_path(os.path.join(workdir, f"config.until_step_{step}"), ".json"))
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def _set_aside_dir(path: str, name: str, main: bool) -> None:
+  """Renames `path` to a free `<dirname>/<name>[.N]` (process 0; every process waits for it)."""
+  if main:
+    target = checkpointing.unused_path(os.path.join(os.path.dirname(path), name))
+    os.rename(path, target)
+    logging.warning("%s was made with another config: moved to %s", path, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"iiae_jax.trainer.set_aside.{name}")
 
 
 def _kept_best_score(best, flat_config, allow_config_change, fallback):
-  """The score recorded with the checkpoint kept in <workdir>/best.
+  """(score, made with another config) of the checkpoint kept in <workdir>/best.
 
   A rerun (after a crash, or from scratch) replaces it only with a better one,
   whatever the regular checkpoint it resumes from recorded (which may predate
-  that best). `fallback` is used when the record cannot be read.
+  that best). `fallback` is used when the record cannot be read. Another
+  config is refused unless `allow_config_change`.
   """
   try:
     meta = best.read_meta(best.latest_step())
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
     logging.warning("the record of the best checkpoint in %s cannot be read (%s); a better "
                     "evaluation will replace it", best.directory, e)
-    return fallback
-  refuse_other_config(meta.get("config", flat_config), flat_config, best.directory, allow_config_change)
-  return meta.get("score", fallback)
+    return fallback, False
+  diffs = refuse_other_config(meta.get("config", flat_config), flat_config, best.directory, allow_config_change)
+  return meta.get("score", fallback), bool(diffs)
 
 
-def _evaluate(evaluate, model, replicated, step, writer, best, best_score, flat_config):
-  host = jax.device_get(parallel.unreplicate(replicated))
-  metrics = evaluate(model, host.variables, step)
+def _record_evaluation(metrics, host, step, writer, best, best_score, flat_config):
+  """Logs an evaluation and keeps the state in `best` if it is the best so far (SPEC §4)."""
   if not metrics:
     return best_score
   writer.write(step, metrics, kind="eval")
   logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                                     if isinstance(v, (int, float))))
+  if best is None:
+    return best_score
   score = selection_score(metrics)
-  if best is not None and score is not None and (best_score is None or score > best_score):
+  # Every process saves, or none: process 0's numbers decide.
+  if parallel.main_process_decides(score is not None and (best_score is None or score > best_score)):
     best_score = score
     # replace: a rerun may reach the kept step again (and score it a little higher).
     best.save(step, host, {"score": score, "metrics": metrics, "step": int(step), "config": flat_config},

@@ -1,16 +1,19 @@
 """One process of a multi-process training test (run by tests/test_multihost.py).
 
-usage: multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT.npz [NUM_STEPS [HEARTBEAT_TIMEOUT_S]]
+usage: multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT.npz [NUM_STEPS [HEARTBEAT_TIMEOUT_S
+       [FAIL_EVAL_AT]]]
 With NUM_PROCESSES == 1 it is the single-process reference (devices from XLA_FLAGS).
 HEARTBEAT_TIMEOUT_S sets config.distributed.heartbeat_timeout_seconds, for the
-tests that kill one of the processes.
+tests that kill one of the processes. FAIL_EVAL_AT > 0 evaluates every 2 steps,
+with scores that differ between the processes (process 0's should decide which
+checkpoint is kept as the best), and makes process 1's evaluation raise at that step.
 """
 import sys
 
 import jax
 
 
-def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0):
+def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_eval_at=0):
   if nproc > 1:
     jax.config.update("jax_num_cpu_devices", 2)
   import numpy as np
@@ -22,7 +25,17 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0):
                                    num_processes=nproc, process_id=pid))
   if heartbeat_timeout:
     config.distributed.heartbeat_timeout_seconds = heartbeat_timeout
-  state = trainer.train_and_evaluate(config, workdir)
+  evaluate = None
+  if fail_eval_at:
+    config.training.eval_every = 2
+
+    def evaluate(model, variables, step):
+      if pid == 1 and step == fail_eval_at:
+        raise RuntimeError(f"evaluation broke on process 1 at step {step}")
+      score = step / 10 if pid == 0 else 0.0
+      return {"pr/shared_x_to_y": score, "pr/shared_y_to_x": score,
+              "pr/exclusive_x_to_y_hits": 0, "pr/exclusive_y_to_x_hits": 0}
+  state = trainer.train_and_evaluate(config, workdir, evaluate=evaluate)
   if pid == 0:
     np.savez(out, **flat_leaves(state.variables))
   print(f"process {pid}: {jax.process_count()} processes, {jax.device_count()} devices, "

@@ -1,4 +1,5 @@
 """Two processes on 127.0.0.1 (2 CPU devices each) train like one process with 4 devices."""
+import json
 import os
 import socket
 import subprocess
@@ -48,6 +49,31 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
   assert sorted(multi.files) == sorted(single.files)
   for name in single.files:
     np.testing.assert_allclose(multi[name], single[name], atol=1e-5, rtol=1e-5, err_msg=name)
-  # Only process 0 writes logs; both took part in the checkpoint.
-  assert (tmp_path / "multi" / "metrics.jsonl").exists()
+  # Only process 0 writes logs (each logged step once); both took part in the checkpoint.
+  logged = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in logged] == [2, 4]
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["2", "4"]
+
+
+def test_an_evaluation_failing_on_one_process_stops_both_with_the_state_saved(tmp_path):
+  """Process 1's evaluation raises at step 4: both processes checkpoint step 4 and exit with an
+  error (none waits forever in a collective for the other). Before, at step 2, the processes'
+  scores differ: process 0's decide, and both save the best checkpoint."""
+  from iiae_jax import checkpointing
+  port = str(_free_port())
+  workers = [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(tmp_path / "run"),
+                               str(tmp_path / "out.npz"), "6", "30", "4"], env=_env(), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+  outputs = []
+  for w in workers:
+    try:
+      outputs.append(w.communicate(timeout=300)[0])
+    finally:
+      w.kill()
+  assert all(w.returncode not in (0, None) for w in workers), outputs
+  assert "RuntimeError: evaluation broke on process 1 at step 4" in outputs[1], outputs[1][-3000:]
+  assert "the evaluation at step 4 failed on another process" in outputs[0], outputs[0][-3000:]
+  assert checkpointing.Checkpoints(str(tmp_path / "run" / "checkpoints")).steps() == [2, 4]
+  best = checkpointing.Checkpoints(str(tmp_path / "run" / "best"))
+  assert best.steps() == [2] and best.read_meta(2)["score"] == 0.4

@@ -245,8 +245,36 @@ def test_a_failing_evaluation_keeps_the_state_it_evaluated(tmp_path):
     _train(config, tmp_path, evaluate=failing)
   assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [4]
   evaluated = []
-  _train(config, tmp_path, evaluate=lambda model, variables, step: evaluated.append(step) or {})
+  record = lambda model, variables, step: evaluated.append(step) or {}
+  _train(config, tmp_path, evaluate=record)
+  assert evaluated == [4, 8]                       # the one that failed first
+  # The last step's evaluation failing: the rerun has no step left to train, but evaluates.
+  with pytest.raises(RuntimeError, match="evaluation broke at step 8"):
+    _train(config, tmp_path / "last", evaluate=lambda m, v, step: failing(m, v, step) if step == 8 else {})
+  evaluated.clear()
+  _train(config, tmp_path / "last", evaluate=record)
   assert evaluated == [8]
+
+
+def test_a_resumed_run_logs_the_same_windows_as_an_uninterrupted_one(tmp_path):
+  """Checkpoints between log lines carry the steps since the last line: the first line after a
+  resume averages all of them, as the uninterrupted run's does."""
+  import shutil
+  config = tiny_train_config("digits_zs", num_steps=8)
+  config.training.update(log_every=4, checkpoint_every=3, max_to_keep=5)
+  _train(config, tmp_path / "straight")
+  _train(config, tmp_path / "resumed")
+  for step in (6, 8):                              # resumes at step 3: the window holds steps 1-3
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / str(step))
+  assert checkpointing.Checkpoints(str(tmp_path / "resumed" / "checkpoints")).steps() == [3]
+  _train(config, tmp_path / "resumed")
+  logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("straight", "resumed")}
+  terms = ("loss", "recon_x", "kl_zs", "c_t", "grad_norm")
+  lines = {name: [(r["step"],) + tuple(r[k] for k in terms) for r in records]
+           for name, records in logged.items()}
+  assert [line[0] for line in lines["straight"]] == [4, 8]
+  assert lines["resumed"] == lines["straight"]
 
 
 def _paired_metrics(shared, exclusive_hits=0):
@@ -295,6 +323,15 @@ def test_a_rerun_replaces_the_kept_best_only_with_a_better_one(tmp_path):
   config.loss.beta = 0.9                           # best/ of another config is not compared with
   with pytest.raises(checkpointing.CheckpointError, match=r"best holds a run of a different config"):
     run({})
+  # Allowed: the other config's best is kept aside, this config's evaluations compete afresh,
+  # and the next run needs no flag.
+  run({2: 0.1, 4: 0.05, 6: 0.02, 8: 0.01}, allow_config_change=True)
+  assert kept() == [(2, 0.2)]
+  aside = checkpointing.Checkpoints(str(tmp_path / "best.until_step_0"))
+  assert aside.steps() == [8] and aside.read_meta(8)["score"] == 0.82
+  config.training.num_steps = 10
+  run({10: 0.3})
+  assert kept() == [(10, 0.6)]
 
 
 def test_checkpoints_every_keep_every_epochs_are_never_deleted(tmp_path):
@@ -334,6 +371,14 @@ def test_resuming_with_a_different_config_is_refused_naming_the_fields(tmp_path)
   # config.json describes the run from now on; the one it replaced is kept.
   assert json.loads((tmp_path / "config.json").read_text())["loss"]["beta"] == 0.9
   assert json.loads((tmp_path / "config.until_step_2.json").read_text())["loss"]["beta"] == 0.5
+  # A resumable change (more steps) needs no flag, and config.json follows it too.
+  config.training.num_steps = 5
+  assert int(_train(config, tmp_path).step) == 5
+  assert json.loads((tmp_path / "config.json").read_text())["training"]["num_steps"] == 5
+  assert json.loads((tmp_path / "config.until_step_4.json").read_text())["training"]["num_steps"] == 4
+  assert int(_train(config, tmp_path).step) == 5                  # the same command again
+  assert sorted(p.name for p in tmp_path.glob("config*.json")) == [
+      "config.json", "config.until_step_2.json", "config.until_step_4.json"]
 
 
 def test_several_steps_per_call_equal_one_step_per_call(tmp_path):
