@@ -21,10 +21,18 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   observability.quiet_library_logs()
-  from iiae_jax import evaluation
+  from iiae_jax import checkpointing, config_validation, evaluation
+  from iiae_jax.data import DatasetFormatError, DatasetNotFoundError
   config = _CONFIG.value
-  trainer.train_and_evaluate(config, _WORKDIR.value, evaluate=evaluation.training_evaluator(config, _WORKDIR.value),
-                             allow_config_change=_ALLOW_CONFIG_CHANGE.value, argv=sys.argv)
+  try:
+    trainer.train_and_evaluate(config, _WORKDIR.value,
+                               evaluate=evaluation.training_evaluator(config, _WORKDIR.value),
+                               allow_config_change=_ALLOW_CONFIG_CHANGE.value, argv=sys.argv)
+  except (checkpointing.CheckpointError, config_validation.ConfigError, DatasetNotFoundError,
+          DatasetFormatError, trainer.NumericalFault, trainer.WorkdirBusyError) as e:
+    # What the user can act on, without a traceback (other errors keep theirs).
+    print(f"train.py: error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,10 @@ def refuse_other_config(saved: Dict[str, Any], current: Dict[str, Any], where: s
   return diffs
 
 
+class WorkdirBusyError(RuntimeError):
+  """Another training job holds the workdir's lock."""
+
+
 class WorkdirLock:
   """An exclusive lock on `<workdir>/.lock`, held while a run trains there."""
 
@@ -282,7 +286,7 @@ class WorkdirLock:
       self._file.seek(0)
       holder = self._file.read().strip() or "another process"
       self._file.close()
-      raise RuntimeError(f"{os.path.dirname(self.path)} is in use by a running training job "
+      raise WorkdirBusyError(f"{os.path.dirname(self.path)} is in use by a running training job "
                          f"({holder}); use another --workdir or stop that run first") from None
     self._file.seek(0)
     self._file.truncate()

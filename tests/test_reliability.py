@@ -231,6 +231,7 @@ def test_sigterm_checkpoints_the_current_step_exits_0_and_the_resumed_run_is_bit
     second = cli.run(workdir)
     assert second.returncode != 0
     assert f"in use by a running training job (pid {proc.pid})" in second.stderr
+    assert "train.py: error:" in second.stderr and "Traceback" not in second.stderr
     _wait_until(proc, lambda: any(s >= 30 for s in _finished_steps(ckpt)), log)
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
@@ -420,6 +421,7 @@ def test_train_py_refuses_a_workdir_of_another_config_unless_allowed(cli, refere
   workdir = _copy_run(reference, tmp_path / "run")
   refused = cli.run(workdir, "--config.loss.beta=0.9")
   assert refused.returncode != 0
+  assert "train.py: error:" in refused.stderr and "Traceback" not in refused.stderr
   assert "holds a run of a different config; refusing to resume" in refused.stderr
   assert "loss.beta: 0.5 (checkpoint) != 0.9 (now)" in refused.stderr
   assert "--allow_config_change" in refused.stderr
