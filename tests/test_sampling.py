@@ -9,6 +9,7 @@ from scipy import stats
 
 from iiae_jax.data import (ClassIndex, class_balanced_batch, class_index, epoch_batch_indices,
                            random_flip, steps_per_epoch)
+from tests.helpers import run_on_devices
 
 # Classes of very different sizes, items shuffled so that class order != item order.
 COUNTS = [1, 2, 5, 9, 17, 40]
@@ -183,3 +184,37 @@ def test_random_flip_flips_x_and_y_identically():
   assert 0.25 < x_flipped.mean() < 0.75
   fx2, _ = random_flip(jax.random.key(0), x, y)
   np.testing.assert_array_equal(fx, fx2)
+
+
+_ZERO_SHOT_BATCHES = """
+  import json, jax, numpy as np
+  from iiae_jax import input_pipeline, parallel
+  from tests.helpers import tiny_train_config
+  train_input = input_pipeline.make_train_input(tiny_train_config("digits_zs"))  # 7 classes: batch 7
+  resident = parallel.replicate(train_input.resident())
+  make = jax.pmap(lambda r, k: train_input.make_batch(None, r, jax.random.wrap_key_data(k)),
+                  axis_name=parallel.AXIS)
+  out = {"devices": jax.device_count()}
+  for step in (0, 5):
+    key = jax.random.key_data(jax.random.fold_in(jax.random.key(3), step))
+    x, y, labels = make(resident, parallel.replicate(key))
+    out[step] = [np.asarray(a).reshape((-1,) + a.shape[2:]).tolist() for a in (x, y, labels)]
+  print(json.dumps(out))
+"""
+
+
+def test_zero_shot_batches_over_seven_devices_equal_one_device_and_hold_every_class_once():
+  """Each of 7 devices takes its slice of the class-balanced global batch: together the one
+  device's batch, with the sketch and the photo of class c at position c."""
+  from iiae_jax.data import load
+  one, seven = (run_on_devices(_ZERO_SHOT_BATCHES, devices=n) for n in (1, 7))
+  assert (one["devices"], seven["devices"]) == (1, 7)
+  train = load("digits_zs", "train")
+  for step in ("0", "5"):
+    assert seven[step] == one[step]
+    x, y, labels = (np.asarray(a) for a in one[step])
+    assert labels.tolist() == list(range(7))
+    for c in range(7):                     # each row is a real sketch / photo of class c
+      assert np.any(np.all(train.sketch[train.sketch_labels == c] == x[c], axis=1))
+      assert np.any(np.all(train.photo[train.photo_labels == c] == y[c], axis=1))
+  assert one["0"] != one["5"]
