@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from iiae_jax import parallel
+
 # Suffix of a damaged checkpoint's folder once set aside (orbax ignores such names).
 DAMAGED_SUFFIX = ".damaged"
 # Key of the per-array checksums in the JSON record (removed from what callers get back).
@@ -137,7 +139,9 @@ class Checkpoints:
         continue
       if errors:
         logging.warning("restored checkpoint %d after skipping damaged ones: %s", candidate, damaged)
-        if set_aside_damaged:
+      if set_aside_damaged:
+        _same_on_every_process(candidate, self.directory)
+        if parallel.any_process(bool(damaged)):  # every process takes part, or none
           self._set_aside(damaged)
       return restored["state"], meta, candidate
     raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors) +
@@ -169,6 +173,18 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _same_on_every_process(step: int, directory: str) -> None:
+  """Raises CheckpointError unless every process restored checkpoint `step`."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  steps = np.asarray(multihost_utils.process_allgather(np.asarray(step))).reshape(-1).tolist()
+  if len(set(steps)) > 1:
+    raise CheckpointError(f"the processes restored different checkpoints of {directory} (steps {steps}, "
+                          "by process): some of them read damaged files that others read whole; "
+                          "check that every host sees the same files")
 
 
 def unused_path(stem: str, extension: str = "") -> str:

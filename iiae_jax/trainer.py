@@ -4,6 +4,7 @@ Pure pieces (`make_optimizer`, `create_train_state`, `train_step`) at the core;
 the loop around them owns the side effects: devices, checkpoints, logs,
 signals and evaluation.
 """
+import contextlib
 import fcntl
 import functools
 import json
@@ -378,16 +379,18 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
   main = parallel.is_main_process()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with WorkdirLock(workdir) if main else _nullcontext(), _Preemption() as preemption:
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if main:
+      try:
+        stack.enter_context(WorkdirLock(workdir))
+      except WorkdirBusyError as e:
+        busy = e
+    if parallel.any_process(busy is not None):  # every process stops, not only process 0
+      raise busy or WorkdirBusyError(f"{workdir} is in use by a running training job (process 0 "
+                                     "could not lock it)")
+    preemption = stack.enter_context(_Preemption())
     return _train(config, workdir, evaluate, allow_config_change, argv, main, preemption)
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def _train(config, workdir, evaluate, allow_config_change, argv, main, preemption):

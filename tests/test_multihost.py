@@ -77,3 +77,26 @@ def test_an_evaluation_failing_on_one_process_stops_both_with_the_state_saved(tm
   assert checkpointing.Checkpoints(str(tmp_path / "run" / "checkpoints")).steps() == [2, 4]
   best = checkpointing.Checkpoints(str(tmp_path / "run" / "best"))
   assert best.steps() == [2] and best.read_meta(2)["score"] == 0.4
+
+
+def test_a_busy_workdir_stops_both_processes(tmp_path):
+  """Only process 0 takes the workdir's lock; when it cannot, the other process stops too
+  (instead of waiting in a collective until the heartbeat timeout)."""
+  from iiae_jax import trainer
+  os.makedirs(tmp_path / "run")
+  port = str(_free_port())
+  with trainer.WorkdirLock(str(tmp_path / "run")):
+    workers = [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(tmp_path / "run"),
+                                 str(tmp_path / "out.npz"), "4", "300"], env=_env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = []
+    for w in workers:
+      try:
+        outputs.append(w.communicate(timeout=120)[0])   # well before the 300 s heartbeat timeout
+      finally:
+        w.kill()
+  assert all(w.returncode not in (0, None) for w in workers), outputs
+  assert f"in use by a running training job (pid {os.getpid()})" in outputs[0], outputs[0][-3000:]
+  assert "in use by a running training job (process 0 could not lock it)" in outputs[1], outputs[1][-3000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()
