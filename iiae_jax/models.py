@@ -443,6 +443,9 @@ class IIAE(nn.Module):
               else "image size: model.resolution, model.channels")
       raise ValueError(f"{name} has shape {tuple(v.shape)}; the config expects (batch, "
                        f"{', '.join(map(str, expected))}) (wrong {what})")
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+      raise ValueError(f"{name} has dtype {v.dtype}; the model takes floating-point inputs "
+                       "(images scaled to [-1, 1], as the data loaders give them)")
 
   def _parts(self, domain: str):
     if domain not in ("x", "y"):

@@ -117,6 +117,13 @@ def test_mismatched_batch_sizes_raise_naming_both_shapes():
     model.init(jax.random.key(0), jnp.zeros((4, 12)), jnp.zeros((3, 10)))
 
 
+def test_integer_images_are_refused_naming_the_dtype():
+  model = iiae_jax.build_model(tiny_model_config("spatial"))
+  images = jnp.zeros((2, 16, 16, 3), jnp.uint8)                  # 0-255 bytes, not [-1, 1]
+  with pytest.raises(ValueError, match=r"x has dtype uint8; the model takes floating-point inputs"):
+    model.init(jax.random.key(0), images, images.astype(jnp.float32))
+
+
 def test_wrong_feature_width_raises_naming_argument_received_and_expected():
   model = iiae_jax.build_model(tiny_model_config("features"))
   with pytest.raises(ValueError, match=r"y has shape \(4, 11\); the config expects \(batch, 10\) "
