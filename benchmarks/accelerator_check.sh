@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# One prepared accelerator session (GPU/TPU host with JAX installed): throughput of every model,
-# the profile of one Sketchy step and the full Sketchy schedule. Writes into ${OUT:-/tmp/out}
+# One prepared GPU session (a host with JAX for CUDA installed): throughput of every model in
+# float32 and bfloat16 (with the fraction of peak on H100/H200/A100), the float32 profile of one
+# Sketchy step and the full float32 Sketchy schedule. Writes into ${OUT:-/tmp/out}
 # (about 7 minutes at most).
 #   bash benchmarks/accelerator_check.sh
 set -u
+cd "$(dirname "$0")/.."   # the repository root
+# One device: Sketchy's batch of 100 does not split over 8 (CUDA_VISIBLE_DEVICES overrides).
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}

@@ -7,8 +7,8 @@ Runs `trainer.train_and_evaluate` exactly as `train.py --config=configs/sketchy.
 would (class-balanced sampling on device, periodic logging, a checkpoint at the
 end) on random 512-d features of split 1's sizes (61,058 sketches, 58,376
 photos, 100 classes); only the zero-shot evaluation is left out (it is timed
-by benchmarks/eval_retrieval.py). Prints the wall time (start-up, data
-generation and compilation included) and the steady steps/s.
+by benchmarks/eval_retrieval.py). Prints the wall time (data generation and
+compilation included; Python and jax imports not) and the steady steps/s.
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from configs import sketchy  # noqa: E402
-from iiae_jax import observability, trainer  # noqa: E402
+from iiae_jax import input_pipeline, observability, trainer  # noqa: E402
 
 
 def main():
@@ -53,6 +53,11 @@ def main():
   # Steady state: between the first and the last log record (compilation excluded).
   first, last = logged[0], logged[-1]
   steady = (last["step"] - first["step"]) / (last["time"] - first["time"])
+  expected = trainer.total_steps(config, input_pipeline.make_train_input(config))
+  if steps != expected:  # stopped by SIGTERM (e.g. a `timeout`): not the schedule's time
+    print(f"sketchy schedule: STOPPED EARLY at step {steps} of {expected} after {wall:.1f} s wall; "
+          f"{steady:.1f} steps/s after the first log")
+    sys.exit(1)
   print(f"sketchy schedule: {steps} steps ({args.epochs} epochs) in {wall:.1f} s wall, "
         f"{steady:.1f} steps/s after the first log (compilation excluded); "
         f"final loss {last['loss']:.3f}")

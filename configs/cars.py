@@ -1,11 +1,14 @@
 """3D car renderings, 256x256, flat shared latent (SPEC §3c, §4, §5c).
 
   python train.py --config=configs/cars.py --workdir=runs/cars
+  python eval.py  --config=configs/cars.py --workdir=runs/cars [--checkpoint=STEP]
 
 Needs the car_NNN_mesh.mat files under data/cars (see README). Batch 8, 500
 epochs (the reference's 1,012,000 steps) with a checkpoint kept every 50 epochs
-(SPEC §4; no retrieval to select on): evaluate any of them with
-`eval.py --checkpoint=STEP` for translation grids on the test cars.
+(SPEC §4; no retrieval to select on). Runtime: meant for a GPU (no timing
+recorded yet). Expected: qualitative, as in the paper: translation and analogy
+grids of the test cars (192-199), z_s carrying the car and Y's exclusive code
+its viewpoint.
 """
 from configs import common
 

@@ -1,6 +1,9 @@
-"""The README's promises: its API snippet runs as written, and its two commands are what CI and users run."""
+"""The README's promises: its API snippet runs as written, its two commands are what CI and users run,
+and every config file says how to run it, how long it takes and what it should produce."""
 import os
 import re
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -31,3 +34,15 @@ def test_readme_opens_with_the_main_job_and_the_test_command():
   assert "pytest" in test
   ci = open(os.path.join(ROOT, ".ci", "run")).read()
   assert "<!-- test-command -->" in ci
+
+
+@pytest.mark.parametrize("name", sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "configs"))
+                                        if n.endswith(".py") and n not in ("__init__.py", "common.py")))
+def test_every_config_opens_with_its_commands_runtime_and_expected_result(name):
+  """House style: a config file says how to run it, how long it takes and what it should produce."""
+  import ast
+  doc = ast.get_docstring(ast.parse(open(os.path.join(ROOT, "configs", f"{name}.py")).read()))
+  assert doc, f"configs/{name}.py has no docstring"
+  assert f"python train.py --config=configs/{name}.py" in doc
+  assert f"python eval.py  --config=configs/{name}.py" in doc
+  assert "Runtime:" in doc and "Expected" in doc
