@@ -12,6 +12,7 @@ shapes is refused.
 """
 import logging
 import os
+import sys
 import warnings
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
@@ -133,6 +134,7 @@ class Checkpoints:
         _verify_checksums(restored["state"], meta.pop(CHECKSUMS_KEY, {}))
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
+        _quiet_late_read_callbacks()
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
         damaged.append(candidate)
@@ -173,6 +175,26 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _quiet_late_read_callbacks() -> None:
+  """Drops the 'Event loop is closed' errors of a failed restore's leftover reads.
+
+  When orbax gives up on a damaged checkpoint, TensorStore reads still in
+  flight complete later and try to wake the finished asyncio loop: each prints
+  a traceback (hundreds per checkpoint) that would bury the one warning that
+  matters. Other unraisable errors still reach the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_iiae_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook._iiae_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _same_on_every_process(step: int, directory: str) -> None:

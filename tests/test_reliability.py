@@ -589,3 +589,28 @@ def test_paired_retrieval_is_bounded_order_free_and_one_for_identical_pairs(seed
   assert (swapped["x_to_y"], swapped["y_to_x"]) == (got["y_to_x"], got["x_to_y"])
   perfect = paired_retrieval_accuracy(x, x.copy())
   assert perfect["x_to_y"] == perfect["y_to_x"] == 1.0
+
+
+def test_a_failed_restore_does_not_print_its_leftover_reads_errors(tmp_path, monkeypatch):
+  """After orbax gives up on a damaged checkpoint, TensorStore reads still in flight try to wake
+  its closed event loop: hundreds of 'Event loop is closed' tracebacks would bury the warning."""
+  import gc
+  state = lambda v: {f"w{i}": np.random.default_rng(v).normal(size=(128, 128)).astype(np.float32)
+                     for i in range(60)}
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), max_to_keep=None)
+  for step in (1, 2):
+    checkpoints.save(step, state(step), {}, force=True)
+  checkpoints.close()
+  with open(_largest_data_file(str(tmp_path / "2")), "r+b") as f:
+    f.truncate(50)
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(str(unraisable.exc_value)))
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), max_to_keep=None)
+  with pytest.warns(UserWarning, match="checkpoint 2 .* could not be restored"):
+    restored, _, step = checkpoints.restore(state(0))
+  checkpoints.close()
+  time.sleep(1.0)                                   # the leftover reads complete
+  gc.collect()
+  assert step == 1
+  _assert_bitwise(flat_leaves(restored), flat_leaves(state(1)))
+  assert "Event loop is closed" not in seen
