@@ -36,4 +36,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from iiae_jax.config_validation import parse_command_line
+  app.run(main, flags_parser=parse_command_line)

@@ -8,6 +8,7 @@ required ones (model sizes, the optimiser's learning rate, ...) are reported
 missing; unknown fields are left to the code that reads them.
 """
 import math
+import os
 import numbers
 from typing import Any, Callable, List, Optional
 
@@ -241,3 +242,22 @@ def _check_batch_layout(config, num_devices: int) -> None:
   if _is_int(batch) and batch > 0 and batch % num_devices:
     raise ConfigError(f"training.batch_size = {batch} must be a positive multiple of the number of "
                       f"devices ({num_devices})")
+
+
+def parse_command_line(argv):
+  """absl's flag parsing for train.py and eval.py (`app.run(main, flags_parser=...)`), with an
+  unknown `--config.<field>` reported in one line instead of ml_collections' traceback."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    return app.parse_flags_with_usage(argv)  # absl's own: a bad flag value is one line too
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("'\"")
+    named = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+             and key in a.split("=")[0].split(".")[1:]]
+    where = named[0] if named else "a --config.* override"
+    print(f"{os.path.basename(argv[0])}: error: {where}: the config has no field {key!r} (unknown "
+          "fields are refused; see the config file and configs/common.py for the fields)",
+          file=sys.stderr)
+    sys.exit(1)
+

@@ -43,10 +43,11 @@ def is_main_process() -> bool:
 
 
 def check_batch_size(global_batch: int, field: str = "training.batch_size") -> int:
-  """The per-device batch; a clear error when the global batch does not divide."""
+  """The per-device batch; ConfigError (a ValueError) when the global batch does not divide."""
+  from iiae_jax.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
   devices = jax.device_count()
   if global_batch <= 0 or global_batch % devices:
-    raise ValueError(f"{field} = {global_batch} must be a positive multiple of the number of "
+    raise ConfigError(f"{field} = {global_batch} must be a positive multiple of the number of "
                      f"devices ({devices} = {jax.process_count()} process(es) x "
                      f"{jax.local_device_count()} local device(s))")
   return global_batch // devices
