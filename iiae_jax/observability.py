@@ -95,8 +95,8 @@ def _set_aside_records_after(path: str, step: int) -> None:
   with open(path + ".tmp", "w") as f:
     f.writelines(kept)
   os.replace(path + ".tmp", path)
-  logging.info("resuming at step %d: %d lines of %s (later steps, or cut short) moved to %s",
-               step, len(aside), path, aside_path)
+  logging.info("%d lines of %s that an interrupted run wrote after step %d (or cut short) moved to %s",
+               len(aside), path, step, aside_path)
 
 
 def _jsonable(v):

@@ -299,7 +299,8 @@ def _fmt(value) -> str:
 def format_table(results: Dict[str, Any]) -> str:
   """A plain-text table of the metrics, under one header line."""
   ck = results["checkpoint"]
-  lines = [f"{results['config']['name']}  checkpoint {ck['kind']} step {ck['step']}  ({ck['path']})"]
+  which = f"step {ck['step']}" if ck["kind"] == "step" else f"{ck['kind']} step {ck['step']}"
+  lines = [f"{results['config']['name']}  checkpoint {which}  ({ck['path']})"]
   width = max([len(k) for k in results["metrics"]] + [6])
   lines += [f"  {k:<{width}}  {_fmt(v)}" for k, v in results["metrics"].items()]
   return "\n".join(lines)
