@@ -608,11 +608,14 @@ def test_a_folder_without_results_is_written_only_when_empty(features, tmp_path,
   (out / "index.html").unlink()
   os.rmdir(out / "pr")
 
+  class Interrupted(Exception):
+    """Stands in for a kill or Ctrl-C during the evaluation."""
+
   def interrupted(*args, **kwargs):
-    raise KeyboardInterrupt
+    raise Interrupted
   with monkeypatch.context() as m:
     m.setattr(evaluation.EvaluationSuite, "__call__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
       run()
   assert json.loads((out / "results.json").read_text())["status"] == "running"
   assert run()["status"] == "complete"                                  # the rerun may finish it
