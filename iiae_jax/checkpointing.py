@@ -209,6 +209,14 @@ def _same_on_every_process(step: int, directory: str) -> None:
                           "check that every host sees the same files")
 
 
+def write_atomically(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a crash never leaves it half-written)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def unused_path(stem: str, extension: str = "") -> str:
   """`stem + extension`, or the first free `stem.N + extension` (N = 1, 2, ...): never overwrites."""
   path, n = stem + extension, 1

@@ -87,14 +87,12 @@ def _set_aside_records_after(path: str, step: int) -> None:
     (kept if whole else aside).append(line if line.endswith("\n") else line + "\n")
   if not aside:
     return
-  from iiae_jax.checkpointing import unused_path  # pylint: disable=g-import-not-at-top
+  from iiae_jax.checkpointing import unused_path, write_atomically  # pylint: disable=g-import-not-at-top
   aside_path = unused_path(os.path.join(os.path.dirname(path), f"metrics.interrupted_after_step_{step}"),
                            ".jsonl")
   with open(aside_path, "w") as f:
     f.writelines(aside)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  write_atomically(path, "".join(kept))
   logging.info("%d lines of %s that an interrupted run wrote after step %d (or cut short) moved to %s",
                len(aside), path, step, aside_path)
 

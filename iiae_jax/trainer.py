@@ -569,9 +569,7 @@ def _write_config(workdir: str, config, step: int) -> None:
       if f.read() == text:
         return
     os.rename(path, checkpointing.unused_path(os.path.join(workdir, f"config.until_step_{step}"), ".json"))
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  checkpointing.write_atomically(path, text)
 
 
 def _set_aside_dir(path: str, name: str, main: bool) -> None:

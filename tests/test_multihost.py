@@ -25,21 +25,32 @@ def _env(**extra):
   return env
 
 
-def test_two_processes_match_one_process_with_four_devices(tmp_path):
+def _start_workers(workdir, *args):
+  """Two worker processes on one coordinator port: WORKER i 2 PORT WORKDIR OUT.npz *args."""
   port = str(_free_port())
-  workers = [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(tmp_path / "multi"),
-                               str(tmp_path / "multi.npz")], env=_env(), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-  reference = subprocess.run([sys.executable, WORKER, "0", "1", "0", str(tmp_path / "single"),
-                              str(tmp_path / "single.npz")], cwd=ROOT, capture_output=True, text=True,
-                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=600)
+  return [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(workdir), f"{workdir}.npz",
+                            *args], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+          for i in range(2)]
+
+
+def _outputs(workers, timeout):
+  """Each worker's output once it has exited (killed after `timeout` seconds)."""
   outputs = []
   for w in workers:
     try:
-      outputs.append(w.communicate(timeout=600)[0])
+      outputs.append(w.communicate(timeout=timeout)[0])
     finally:
       w.kill()
+  return outputs
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+  workers = _start_workers(tmp_path / "multi")
+  reference = subprocess.run([sys.executable, WORKER, "0", "1", "0", str(tmp_path / "single"),
+                              str(tmp_path / "single.npz")], cwd=ROOT, capture_output=True, text=True,
+                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=600)
+  outputs = _outputs(workers, 600)
   assert reference.returncode == 0, reference.stderr[-3000:]
   for w, out in zip(workers, outputs):
     assert w.returncode == 0, out[-3000:]
@@ -60,17 +71,8 @@ def test_an_evaluation_failing_on_one_process_stops_both_with_the_state_saved(tm
   error (none waits forever in a collective for the other). Before, at step 2, the processes'
   scores differ: process 0's decide, and both save the best checkpoint."""
   from iiae_jax import checkpointing
-  port = str(_free_port())
-  workers = [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(tmp_path / "run"),
-                               str(tmp_path / "out.npz"), "6", "30", "4"], env=_env(), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-  outputs = []
-  for w in workers:
-    try:
-      outputs.append(w.communicate(timeout=300)[0])
-    finally:
-      w.kill()
+  workers = _start_workers(tmp_path / "run", "6", "30", "4")
+  outputs = _outputs(workers, 300)
   assert all(w.returncode not in (0, None) for w in workers), outputs
   assert "RuntimeError: evaluation broke on process 1 at step 4" in outputs[1], outputs[1][-3000:]
   assert "the evaluation at step 4 failed on another process" in outputs[0], outputs[0][-3000:]
@@ -84,18 +86,9 @@ def test_a_busy_workdir_stops_both_processes(tmp_path):
   (instead of waiting in a collective until the heartbeat timeout)."""
   from iiae_jax import trainer
   os.makedirs(tmp_path / "run")
-  port = str(_free_port())
   with trainer.WorkdirLock(str(tmp_path / "run")):
-    workers = [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(tmp_path / "run"),
-                                 str(tmp_path / "out.npz"), "4", "300"], env=_env(), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-    outputs = []
-    for w in workers:
-      try:
-        outputs.append(w.communicate(timeout=120)[0])   # well before the 300 s heartbeat timeout
-      finally:
-        w.kill()
+    workers = _start_workers(tmp_path / "run", "4", "300")
+    outputs = _outputs(workers, 120)           # well before the 300 s heartbeat timeout
   assert all(w.returncode not in (0, None) for w in workers), outputs
   assert f"in use by a running training job (pid {os.getpid()})" in outputs[0], outputs[0][-3000:]
   assert "in use by a running training job (process 0 could not lock it)" in outputs[1], outputs[1][-3000:]

@@ -196,7 +196,7 @@ def _claim_out_dir(out_dir: str, header: Dict[str, Any]) -> None:
           f"{out_dir} already holds {', '.join(present[:5])}{' ...' if len(present) > 5 else ''} "
           "and no results.json of this evaluation; it is left as it is: choose another --out "
           "(a new or empty folder), or move those files away")
-  _write_atomically(path, json.dumps(dict(header, status="running"), indent=2))
+  checkpointing.write_atomically(path, json.dumps(dict(header, status="running"), indent=2))
 
 
 def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
@@ -217,14 +217,6 @@ def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
         f"{path} holds the results of another evaluation (checkpoint {ck.get('path')!r}, step "
         f"{ck.get('step')}, config {config.get('name')!r}); it is left as it is: choose another "
         "--out, or move that folder away")
-
-
-def _write_atomically(path: str, text: str) -> None:
-  """Writes `path` whole or not at all (a crash never leaves it half-written)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _jsonable(value):
@@ -281,8 +273,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: Union[str, int] = "lat
       header, status="complete", datasets=suite.datasets.sizes(), metrics=metrics,
       artifacts=[os.path.relpath(p, out_dir) for p in suite.artifacts],
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
-  _write_atomically(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, sort_keys=False))
-  _write_atomically(os.path.join(out_dir, "index.html"), render_html(results))
+  checkpointing.write_atomically(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
+  checkpointing.write_atomically(os.path.join(out_dir, "index.html"), render_html(results))
   echo(format_table(results))
   echo(f"wrote {os.path.join(out_dir, 'results.json')} and {os.path.join(out_dir, 'index.html')}")
   return results
