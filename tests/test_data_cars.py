@@ -131,3 +131,31 @@ def test_truncated_mat_raises_naming_the_file(tmp_path):
   with pytest.raises(DatasetFormatError) as info:
     _load(str(root), "train")
   assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_non_square_views_are_refused_naming_the_file(tmp_path, verify):
+  root = write_cars(tmp_path / "cars", numbers=(1,))
+  bad = root / cars.car_file_name(2)
+  scipy.io.savemat(str(bad), {"im": np.zeros((SIZE, 2 * SIZE, 3, 24, 4), np.uint8)})
+  with pytest.raises(DatasetFormatError, match=f"{SIZE}x{2 * SIZE} views; expected square") as info:
+    _load(str(root), "train", verify=verify)
+  assert str(bad) in str(info.value)
+
+
+def test_the_check_keeps_no_more_cars_than_max_cars_in_memory(tmp_path, monkeypatch):
+  """verify=True reads every car: at most max_cars_in_memory of them (and the one just read)
+  may be alive at once, or 191 cars at 256x256 take 3.6 GB whatever the option says."""
+  import weakref
+  root = write_cars(tmp_path / "cars", numbers=(1, 2, 3, 4, 5))
+  refs, peak = [], [0]
+  real_read = cars.read_car
+
+  def tracked_read(path):
+    im = real_read(path)
+    refs.append(weakref.ref(im))
+    peak[0] = max(peak[0], sum(r() is not None for r in refs))
+    return im
+  monkeypatch.setattr(cars, "read_car", tracked_read)
+  _load(str(root), "train", resolution=SIZE, max_cars_in_memory=2, num_threads=1)
+  assert len(refs) == 5 and peak[0] <= 3

@@ -131,6 +131,20 @@ def test_maps_splits_follow_the_reference_in_either_layout(tmp_path):
   write_pix2pix(reference, splits=("train", "valid", "test"), count=2, size=4)
   assert files(reference, "valid") == ["valid/1.png", "valid/2.png"]
   assert files(reference, "test") == ["test/1.png", "test/2.png"]
+  # The release's train/ and val/ with the reference's valid/ beside them: validation
+  # reads valid/, and test (val/) stays apart from it.
+  both = tmp_path / "both"
+  write_pix2pix(both, splits=("train", "val"), count=3, size=4)
+  write_pix2pix(both, splits=("valid",), count=2, size=4)
+  assert files(both, "valid") == ["valid/1.png", "valid/2.png"]
+  assert files(both, "test") == ["val/1.png", "val/2.png", "val/3.png"]
+
+
+def test_an_empty_val_folder_does_not_hide_valid(tmp_path):
+  write_pix2pix(tmp_path, splits=("valid",), count=2)
+  os.makedirs(tmp_path / "val")
+  paths = pix2pix.load_pix2pix(str(tmp_path), "valid", resolution=4).x.paths
+  assert [os.path.relpath(p, tmp_path) for p in paths] == ["valid/1.png", "valid/2.png"]
 
 
 def test_numeric_names_sort_by_number_others_by_name(tmp_path):
@@ -205,3 +219,22 @@ def test_bad_pair_size_raises_naming_the_file(tmp_path, shape, problem):
   with pytest.raises(DatasetFormatError, match=problem) as info:
     pix2pix.load_pix2pix(str(tmp_path), "train", verify=False)
   assert str(bad) in str(info.value)
+
+
+def test_x_then_y_of_a_batch_larger_than_the_cache_decodes_each_pair_once():
+  """Evaluation reads x[idx] then y[idx] in batches of 128 (embed.py), the resident training
+  set all of x then all of y: neither may decode the pairs twice (cache 64)."""
+  decoded = []
+
+  def decode(i):
+    decoded.append(i)
+    return np.full((2, 2, 3), i, np.uint8), np.full((2, 2, 3), 100 + i, np.uint8)
+  reader = pix2pix.PairReader(10, (2, 2, 3), decode, cache_size=2)
+  idx = np.arange(10)[::-1]
+  x, y = np.asarray(reader.x[idx]), np.asarray(reader.y[idx])
+  assert sorted(decoded) == list(range(10))
+  np.testing.assert_array_equal(x[:, 0, 0, 0], pix2pix.to_float(idx.astype(np.uint8)))
+  np.testing.assert_array_equal(y[:, 0, 0, 0], pix2pix.to_float((100 + idx).astype(np.uint8)))
+  np.asarray(reader.y[np.arange(3)])                  # other indices: decoded afresh, right values
+  np.testing.assert_array_equal(np.asarray(reader.x[np.arange(3)])[:, 0, 0, 0],
+                                pix2pix.to_float(np.arange(3, dtype=np.uint8)))

@@ -72,11 +72,15 @@ def test_count_warning_names_file_and_both_counts(tmp_path):
   assert any("train_image_features.npy" in m and "58376" in m for m in messages)
 
 
-def test_no_count_warning_for_split_2(tmp_path):
+def test_no_item_count_warning_for_split_2(tmp_path):
+  # Split 2 has no published item counts; its class counts (104 / 21) are checked.
   write_sketchy(tmp_path, split=2)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
+  with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter("always")
     data.load("sketchy", "test", data_dir=str(tmp_path), sketchy_split=2, feature_dim=DIM)
+  assert [str(w.message) for w in record] == [
+      f"{_path(tmp_path, '', split=2).rstrip(os.sep)}: test_sketch_paths.npy lists 2 classes; "
+      "the canonical Sketchy Extended split 2 has 21"]
 
 
 def test_missing_directory_says_what_to_download(tmp_path):
@@ -154,4 +158,23 @@ def test_path_without_class_is_named(tmp_path):
   paths[0] = "no_class_component.png"
   np.save(path, paths)
   with pytest.raises(DatasetFormatError, match="train_sketch_paths.npy"):
+    data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)
+
+
+@pytest.mark.parametrize("part,other", [("train", "test"), ("test", "train")])
+def test_a_class_in_both_train_and_test_is_refused(tmp_path, part, other):
+  # Zero-shot scores are only meaningful on unseen classes: a misplaced file of the
+  # other split would otherwise inflate them silently.
+  write_sketchy(tmp_path)
+  path = _path(tmp_path, f"{other}_image_paths.npy")
+  paths = np.load(path)
+  paths[0] = "zebra/zebra_9.jpg" if other == "test" else "tree/tree_9.jpg"
+  np.save(path, paths)
+  with pytest.raises(DatasetFormatError, match=f"{other}_image_paths.npy.*(zebra|tree).*disjoint"):
+    data.load("sketchy", part, data_dir=str(tmp_path), feature_dim=DIM)
+
+
+def test_class_count_warning_names_both_counts(tmp_path):
+  write_sketchy(tmp_path)
+  with pytest.warns(UserWarning, match="lists 3 classes; the canonical Sketchy Extended split 1 has 100"):
     data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)

@@ -60,13 +60,20 @@ def split_cars(split: str) -> Tuple[int, ...]:
 
 
 def check_layout(shape: Sequence[int], path: str) -> None:
-  """Raises DatasetFormatError naming `path` unless `shape` is (H, W, 3, 24, 4)."""
+  """Raises DatasetFormatError naming `path` unless `shape` is (H, H, 3, 24, 4).
+
+  Views must be square: they are scaled to square images, which would stretch others.
+  """
   shape = tuple(int(d) for d in shape)
   expected = ("H", "W", CHANNELS, NUM_AZIMUTHS, NUM_ELEVATIONS)
   if len(shape) != 5 or shape[2:] != expected[2:] or min(shape[:2]) < 1:
     raise DatasetFormatError(
         f"{path}: array '{ARRAY_NAME}' has shape {shape}; expected (H, W, 3, 24, 4) = "
         "(rows, columns, RGB, azimuth, elevation)")
+  if shape[0] != shape[1]:
+    raise DatasetFormatError(
+        f"{path}: array '{ARRAY_NAME}' has {shape[0]}x{shape[1]} views; expected square views "
+        "(H = W), which are scaled to square images without stretching")
 
 
 def as_uint8(im: np.ndarray, path: str) -> np.ndarray:
@@ -228,17 +235,15 @@ def load_cars(root: str, split: str, resolution: int = 256, *, verify: bool = Tr
   cars = sorted(paths)
   arrays = CarArrays(paths, max_cars_in_memory)
   if verify:
-    def read(car):
+    def read(car):  # keeps at most max_cars_in_memory arrays, even while checking
       try:
-        return read_car(paths[car])
+        arrays.put(car, read_car(paths[car]))
       except DatasetFormatError as e:
         return e
-    results = pix2pix.parallel_map(read, cars, num_threads)
-    bad = [r for r in results if isinstance(r, DatasetFormatError)]
+      return None
+    bad = [r for r in pix2pix.parallel_map(read, cars, num_threads) if r is not None]
     if bad:
       raise bad[0]
-    for car, im in zip(cars, results):
-      arrays.put(car, im)
   else:
     for car in cars:
       _check_header(paths[car])

@@ -245,9 +245,10 @@ class PairReader:
 
   Items are the pair indices themselves, or `load(indices)` (one call per
   batch of missing indices, e.g. a batched record read). `x` and `y` are
-  `LazyImages` over the two halves; asking `x` then `y` for the same indices
-  decodes each pair once when the cache holds a batch. Pickles without its
-  cache (for multi-process input pipelines).
+  `LazyImages` over the two halves; asking `x` then `y` (or `y` then `x`) for
+  the same indices decodes each pair once, however many: the other half of
+  the last request is kept until it is asked for or another request comes.
+  Pickles without its cache (for multi-process input pipelines).
   """
 
   def __init__(self, length: int, image_shape, decode: Callable, cache_size: int = 64,
@@ -259,12 +260,13 @@ class PairReader:
     self.paths = paths
     self.load = load
     self._cache = PairCache(self.cache_size)
+    self._other_half = None  # (indices, which, images) of the last request's unasked half
     self.x = LazyImages(self.length, self.image_shape, functools.partial(self.half, 0), paths)
     self.y = LazyImages(self.length, self.image_shape, functools.partial(self.half, 1), paths)
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    del state["_cache"], state["x"], state["y"]
+    del state["_cache"], state["_other_half"], state["x"], state["y"]
     return state
 
   def __setstate__(self, state):
@@ -273,7 +275,13 @@ class PairReader:
 
   def half(self, which: int, indices: np.ndarray) -> np.ndarray:
     """uint8 X (which=0) or Y (which=1) images at `indices`."""
-    return self.pairs(indices)[which]
+    key = np.asarray(indices, np.int64)
+    other, self._other_half = self._other_half, None
+    if other is not None and other[1] == which and np.array_equal(other[0], key):
+      return other[2]
+    halves = self.pairs(key)
+    self._other_half = (key, 1 - which, halves[1 - which])
+    return halves[which]
 
   def pairs(self, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """uint8 X and Y images (n, R, R, C) at `indices`."""
@@ -296,9 +304,13 @@ def split_dir(root: str, split: str, name: str = "pix2pix") -> str:
   if not os.path.isdir(root):
     raise dataset_not_found(name, root, f"dataset directory {root} does not exist")
   candidates = [os.path.join(root, folder) for folder in SPLIT_FOLDERS[split]]
-  for path in candidates:
-    if os.path.isdir(path):
+  existing = [path for path in candidates if os.path.isdir(path)]
+  # Of two (val/ and valid/), an empty one does not hide the other's images.
+  for path in existing:
+    if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in os.listdir(path)):
       return path
+  if existing:
+    return existing[0]
   raise dataset_not_found(
       name, root, f"split folder for {split!r} is missing: expected {' or '.join(candidates)}")
 
@@ -316,8 +328,10 @@ def split_files(root: str, split: str, name: str = "pix2pix") -> List[str]:
   has = lambda folder: os.path.isdir(os.path.join(os.fspath(root), folder))
   if split == "test":
     return list_pair_files(split_dir(root, "test" if has("test") else "val", name))
-  if has("valid") or (has("test") and has("val")):
-    return list_pair_files(split_dir(root, "valid", name))
+  if has("valid"):  # the reference's copy of training pairs, even beside the release's val/
+    return list_pair_files(os.path.join(os.fspath(root), "valid"))
+  if has("test") and has("val"):
+    return list_pair_files(split_dir(root, "val", name))
   train = list_pair_files(split_dir(root, "train", name))
   numbered = {os.path.splitext(os.path.basename(p))[0]: p for p in train}
   wanted = [str(i) for i in range(1, MAPS_VALID_FROM_TRAIN + 1)]

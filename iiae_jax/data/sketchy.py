@@ -22,6 +22,8 @@ SPLIT1_COUNTS = {
     ("train", "sketch"): 61058, ("test", "sketch"): 14421,
     ("train", "image"): 58376, ("test", "image"): 14626,
 }
+# Seen (train) / unseen (test) classes of each split (SPEC §6).
+CLASS_COUNTS = {1: {"train": 100, "test": 25}, 2: {"train": 104, "test": 21}}
 
 
 def _load_features(path: str, feature_dim: int) -> np.ndarray:
@@ -110,8 +112,9 @@ def load_sketchy(root: str, split: str, sketchy_split: int = 1, feature_dim: int
   Raises:
     DatasetNotFoundError: a missing folder or file (named, with download steps).
     DatasetFormatError: a wrong feature width, NaN or inf in features, paths
-      and features of different lengths, or sketches and photos of different
-      classes (the file is named in the message).
+      and features of different lengths, sketches and photos of different
+      classes, or a class listed in both the train and the test files (zero-shot
+      retrieval needs unseen test classes); the file is named in the message.
   """
   if split not in ("train", "test"):
     raise ValueError(f"Sketchy has splits 'train' and 'test', got {split!r}")
@@ -132,9 +135,36 @@ def load_sketchy(root: str, split: str, sketchy_split: int = 1, feature_dim: int
         f"{directory}: {split}_sketch_paths.npy and {split}_image_paths.npy list different "
         f"classes; in one only: {only[:10]}")
   classes = sorted(set(sketch_classes))
+  _check_unseen(directory, split, classes)
+  if len(classes) != CLASS_COUNTS[sketchy_split][split]:
+    warnings.warn(
+        f"{directory}: {split}_sketch_paths.npy lists {len(classes)} classes; the canonical "
+        f"Sketchy Extended split {sketchy_split} has {CLASS_COUNTS[sketchy_split][split]}",
+        stacklevel=2)
   index = {c: i for i, c in enumerate(classes)}
   return ZeroShotData(
       name="sketchy", split=split,
       sketch=sketch, sketch_labels=np.array([index[c] for c in sketch_classes], np.int32),
       photo=photo, photo_labels=np.array([index[c] for c in photo_classes], np.int32),
       classes=classes, sketch_paths=sketch_paths, photo_paths=photo_paths)
+
+
+def _check_unseen(directory: str, split: str, classes: List[str]) -> None:
+  """Raises DatasetFormatError if the other split's path files list any of `classes`.
+
+  Zero-shot retrieval scores the test (unseen) classes of a model trained on
+  the train (seen) ones: a class in both, from a misplaced file of the other
+  split, would inflate every score without any other sign.
+  """
+  other = "test" if split == "train" else "train"
+  for domain in ("sketch", "image"):
+    path = os.path.join(directory, f"{other}_{domain}_paths.npy")
+    if not os.path.isfile(path):  # reported when that split is loaded
+      continue
+    other_classes = {p.rstrip("/").split("/")[-2] for p in _load_paths(path) if "/" in p.rstrip("/")}
+    shared = sorted(set(classes) & other_classes)
+    if shared:
+      raise DatasetFormatError(
+          f"{directory}: {split}_sketch_paths.npy and {os.path.basename(path)} share "
+          f"{len(shared)} classes ({', '.join(shared[:10])}); the train (seen) and test (unseen) "
+          f"classes of a zero-shot split must be disjoint")
