@@ -76,7 +76,7 @@ def test_digits_zs_reads_back_equal(tmp_path):
 
 
 @pytest.mark.parametrize("name,options", [
-    ("digits_zs", {}), ("digits_cdcb", dict(resolution=32)), ("mnist_cdcb", {}), ("sketchy_vgg", {}),
+    ("digits_zs", {}), ("digits_cdcb", dict(resolution=32)), ("mnist_cdcb_rebuilt", {}), ("sketchy_vgg", {}),
     ("sketchy_vgg", dict(sketchy_split=2))])
 def test_options_of_a_registered_config_select_that_config(tmp_path, name, options):
   """tfds refuses a new config object named like a registered one, so the shipped configs'
@@ -152,12 +152,12 @@ def test_mnist_cdcb_direct_pairs_follow_the_colouring_recipe(tmp_path):
   np.testing.assert_allclose(data.y[0], y[0], atol=1e-6)
 
 
-def test_mnist_cdcb_builder_reads_back_within_quantisation(tmp_path):
+def test_mnist_cdcb_rebuilt_builder_reads_back_within_quantisation(tmp_path):
   mnist = write_fake_mnist(str(tmp_path / "mnist"))
   data_dir = str(tmp_path / "tfds")
-  T.prepare("mnist_cdcb", data_dir, manual_dir=mnist, resolution=8, seed=1)
+  T.prepare("mnist_cdcb_rebuilt", data_dir, manual_dir=mnist, resolution=8, seed=1)
   for split in ("train", "valid", "test"):
-    built = T.load_tfds("mnist_cdcb", split, data_dir, resolution=8, seed=1)
+    built = T.load_tfds("mnist_cdcb_rebuilt", split, data_dir, resolution=8, seed=1)
     direct = T.mnist_cdcb(mnist, split, resolution=8, seed=1)
     assert len(built) == len(direct) and built.x.shape[1:] == (8, 8, 3)
     np.testing.assert_allclose(np.asarray(built.x), np.asarray(direct.x), atol=0.5 * QUANTUM + 1e-6)
@@ -182,6 +182,26 @@ def test_bad_idx_file_is_named(tmp_path):
 
 # ---------------------------------------------------------------------------
 # pix2pix, Cars, Sketchy: manual files.
+
+
+def test_mnist_cdcb_through_tfds_is_the_release_pairs_as_the_files_loader_reads_them(tmp_path):
+  """`--config.data.source=tfds` must not swap datasets: `mnist_cdcb` is the release's pair
+  files (X on the right), equal to `load('mnist_cdcb')`; the MNIST rebuild has its own name."""
+  from iiae_jax import data
+  manual = tmp_path / "data" / "mnist_cdcb"
+  write_pix2pix(manual, count=3, size=16)
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(DatasetNotFoundError, match="manual_dir"):
+    T.prepare("mnist_cdcb", data_dir)                      # nothing to download it from
+  T.prepare("mnist_cdcb", data_dir, manual_dir=str(manual))
+  for split in ("train", "valid", "test"):
+    built = data.load("mnist_cdcb", split, data_dir=data_dir, source="tfds", resolution=8)
+    direct = data.load("mnist_cdcb", split, data_dir=str(tmp_path / "data"), resolution=8)
+    bx, by = _arrays(built)
+    dx, dy = _arrays(direct)
+    np.testing.assert_array_equal(bx, dx)
+    np.testing.assert_array_equal(by, dy)
+    assert not np.array_equal(bx, by)
 
 
 def test_facades_from_manual_folder_equals_load_pix2pix(tmp_path):
