@@ -178,7 +178,8 @@ def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layou
   config.data.options.resolution = config.model.resolution = 32
   config.model.latent_resolution = 4
   config.model.update(dict(neef=4, nsef=4, ndf=4))
-  config.training.update(dict(num_epochs=7, log_every=1, progress_bar="off"))  # 1 step per epoch
+  # 1 step per epoch: evaluate every step (the config's 5,000) and stop after 7 (not 1,012,000).
+  config.training.update(dict(num_steps=7, eval_every=1, log_every=1, progress_bar="off"))
   workdir = tmp_path / "run"
   state = trainer.train_and_evaluate(config, str(workdir),
                                      evaluate=evaluation.training_evaluator(config, str(workdir)))
