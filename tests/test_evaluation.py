@@ -589,6 +589,15 @@ def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
   with pytest.raises(evaluation.UsageError, match="cannot be read as results"):
     run("5")
   assert (out / "results.json").read_text() == "{not json"
+  for other_tool in ('{"checkpoint": "x"}', '{"config": [1]}', '[1, 2]'):  # JSON, not our results
+    (out / "results.json").write_text(other_tool)
+    with pytest.raises(evaluation.UsageError, match="results of another evaluation"):
+      run("5")
+    assert (out / "results.json").read_text() == other_tool
+  (out / "results.json").unlink()
+  with pytest.raises(evaluation.UsageError, match="is a file, not a folder"):
+    evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out / "index.html"),
+                                   datasets=datasets, echo=None)
 
 
 def test_a_folder_without_results_is_written_only_when_empty(features, tmp_path, monkeypatch):

@@ -165,6 +165,9 @@ def default_out_dir(workdir: str, info: Dict[str, Any]) -> str:
 
 
 def _check_out_dir(out_dir: str, workdir: str) -> None:
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UsageError(f"--out={out_dir} is a file, not a folder; it is left as it is: choose "
+                     "another --out (a new or empty folder)")
   out_dir, workdir = os.path.realpath(out_dir), os.path.realpath(workdir)
   protected = [workdir] + [os.path.join(workdir, d) for d in ("checkpoints", "best")]
   for p in protected:
@@ -173,9 +176,15 @@ def _check_out_dir(out_dir: str, workdir: str) -> None:
                        "choose a separate output directory")
 
 
+def _field(results: Dict[str, Any], key: str) -> Dict[str, Any]:
+  """results[key] if it is an object, else {} (a results.json edited or written by other tools)."""
+  value = results.get(key)
+  return value if isinstance(value, dict) else {}
+
+
 def _identity(results: Dict[str, Any]) -> Tuple:
   """What makes two reports the same evaluation: the checkpoint and the evaluators."""
-  ck = results.get("checkpoint") or {}
+  ck = _field(results, "checkpoint")
   return results.get("workdir"), ck.get("path"), ck.get("step"), results.get("config")
 
 
@@ -212,7 +221,7 @@ def _refuse_other_results(out_dir: str, header: Dict[str, Any]) -> None:
                      "choose another --out, or move it away") from e
   old = old if isinstance(old, dict) else {}
   if _identity(old) != _identity(header):
-    ck, config = old.get("checkpoint") or {}, old.get("config") or {}
+    ck, config = _field(old, "checkpoint"), _field(old, "config")
     raise UsageError(
         f"{path} holds the results of another evaluation (checkpoint {ck.get('path')!r}, step "
         f"{ck.get('step')}, config {config.get('name')!r}); it is left as it is: choose another "
