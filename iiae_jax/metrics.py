@@ -344,65 +344,84 @@ def zero_shot_retrieval(query, query_labels, gallery, gallery_labels,
 # Paired retrieval (SPEC §5b).
 
 # Round-off of float32 u = 2**-24; a dot product over D terms errs by about
-# sqrt(D) u |x||y| in practice (the worst case is D u). The margin below is
-# 8 sqrt(D) + 3 times u, times a bound on |x|^2 + 2|x.y| + |y|^2.
+# sqrt(D) u |x||y| in practice (the worst case is D u). The distance of query
+# i to item j errs by at most `unit` (8 sqrt(D) + 3 times 2u) times
+# |q_i|^2 + |g_j|^2, a bound on |q|^2 + 2|q.g| + |g|^2 over 2; comparing the
+# pair's distance with item j's adds the two: unit (2|q_i|^2 + |g_i|^2 + |g_j|^2).
+# Each competitor's bound uses its own norm, so one far-off item (an outlier)
+# widens no other comparison.
 def _gram_tolerance(dim: int) -> float:
   return (8.0 * np.sqrt(dim) + 3.0) * 2.0 ** -24 * 2.0
 
 
 @jax.jit
-def _paired_chunk(xc, y, nx, ny, offset, valid):
-  """Squared distances of a chunk of x rows to all of y: (diagonal, row min, column min).
+def _paired_chunk(xc, y, nx, ny, offset, valid, unit):
+  """Squared distances of a chunk of x rows to all of y: the diagonal, and the row and column
+  minima of the distances less and plus each competitor's own error bound (unit |y_j|^2
+  along rows, unit |x_i|^2 along columns): ((low, high) per row, (low, high) per column).
 
-  The pair's own entry (column offset + row) is left out of both minima, and
+  The pair's own entry (column offset + row) is left out of the minima, and
   padding rows (valid False) out of the column minima.
   """
   d = nx[:, None] - 2.0 * jnp.dot(xc, y.T, precision=jax.lax.Precision.HIGHEST) + ny[None, :]
   own = jnp.arange(y.shape[0])[None, :] == (offset + jnp.arange(xc.shape[0]))[:, None]
   diag = jnp.sum(jnp.where(own, d, 0.0), axis=1)
-  others = jnp.where(own | ~valid[:, None], jnp.inf, d)
-  return diag, others.min(axis=1), others.min(axis=0)
+  excluded = own | ~valid[:, None]
+  minima = lambda bound, axis: tuple(jnp.where(excluded, jnp.inf, d + sign * unit * bound).min(axis=axis)
+                                     for sign in (-1.0, 1.0))
+  return diag, minima(ny[None, :], 1), minima(nx[:, None], 0)
 
 
-def _exact_sq_dist(a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
-  """sum((b - a)^2) in float64; the power-of-two `scale` keeps squares finite
-  without changing any comparison."""
-  diff = (b.astype(np.float64) - a.astype(np.float64)) * scale
+def _exact_sq_dist(a: np.ndarray, b: np.ndarray, exponent: int) -> np.ndarray:
+  """sum((b - a)^2) in float64 after scaling both by 2**exponent (exact), which keeps
+  the squares finite without changing any comparison."""
+  diff = np.ldexp(b.astype(np.float64), exponent) - np.ldexp(a.astype(np.float64), exponent)
   return (diff * diff).sum(axis=-1)
 
 
-def _centred_float32(a: np.ndarray, mean: np.ndarray, scale: float, block: int = 1024):
-  """(a - mean) * scale as float32, and its squared row norms, a block of rows at a time."""
+def _scaled_mean(a: np.ndarray, exponent: int, block: int = 1024) -> np.ndarray:
+  """The column means of a * 2**exponent in float64, a block of rows at a time (no overflow)."""
+  total = np.zeros(a.shape[1], np.float64)
+  for s in range(0, a.shape[0], block):
+    total += np.ldexp(a[s:s + block].astype(np.float64), exponent).sum(axis=0)
+  return total / a.shape[0]
+
+
+def _centred_float32(a: np.ndarray, mean: np.ndarray, exponent: int, block: int = 1024):
+  """a * 2**exponent - mean as float32, and its squared row norms, a block of rows at a time."""
   out = np.empty(a.shape, np.float32)
   norms = np.empty(a.shape[0], np.float32)
   for s in range(0, a.shape[0], block):
-    c = (a[s:s + block] - mean) * scale
+    c = np.ldexp(a[s:s + block].astype(np.float64), exponent) - mean
     out[s:s + block] = c
     norms[s:s + block] = np.einsum("ij,ij->i", c, c)
   return out, norms
 
 
-def _resolve_nearest(idx, q, g, qc, gc, nq, ng, tol, scale, rows: int = 256,
+def _resolve_nearest(idx, q, g, qc, gc, nq, ng, unit, exponent, rows: int = 256,
                      batch: int = 64) -> np.ndarray:
   """Whether g[i] is q[i]'s first nearest neighbour, decided in float64 for each i in idx.
 
-  Items whose float32 distance exceeds the pair's by more than twice `tol`
-  cannot win; the others are compared exactly, nearest first, stopping at the
-  first that beats the pair (an equal distance beats it from a lower index).
+  Items whose float32 distance exceeds the pair's by more than twice the two
+  distances' error bounds cannot win; the others are compared exactly, nearest
+  first, stopping at the first that beats the pair (an equal distance beats it
+  from a lower index).
   """
   hits = np.zeros(len(idx), bool)
+  ng64 = ng.astype(np.float64)
   for start in range(0, len(idx), rows):
     block = idx[start:start + rows]
     d32 = nq[block, None] - 2.0 * (qc[block] @ gc.T) + ng[None, :]
     for n, i in enumerate(block):
-      cand = np.flatnonzero(d32[n] <= d32[n, i] + 2.0 * tol[i])
+      reach = d32[n, i] + 2.0 * unit * (float(nq[i]) + float(ng[i]))
+      cand = np.flatnonzero(d32[n] - 2.0 * unit * ng64 <= reach)
       cand = cand[cand != i]
       cand = cand[np.argsort(d32[n, cand], kind="stable")]
-      own = _exact_sq_dist(q[i], g[i:i + 1], scale)[0]
+      own = _exact_sq_dist(q[i], g[i:i + 1], exponent)[0]
       hit = True
       for s in range(0, cand.size, batch):
         c = cand[s:s + batch]
-        d = _exact_sq_dist(q[i], g[c], scale)
+        d = _exact_sq_dist(q[i], g[c], exponent)
         if np.any((d < own) | ((d == own) & (c < i))):
           hit = False
           break
@@ -442,39 +461,42 @@ def paired_retrieval_accuracy(emb_x, emb_y, *, chunk_size: int = 1024) -> Dict[s
   n, dim = x.shape
   # Centring leaves distances unchanged and shrinks the float32 round-off of
   # the |x|^2 - 2 x.y + |y|^2 form when embeddings share a large offset; a
-  # power-of-two scale (exact) keeps float32 squares from overflowing or vanishing.
-  mean = (x.mean(axis=0, dtype=np.float64) + y.mean(axis=0, dtype=np.float64)) / 2
+  # power-of-two scale (exact, applied first) keeps float32 squares, and the float64 mean of
+  # float64 inputs near the range's ends, from overflowing or vanishing.
   peak = max(float(np.abs(x).max()), float(np.abs(y).max()))
-  scale = 2.0 ** (10 - np.frexp(peak)[1]) if peak > 0 else 1.0
-  xc, nx = _centred_float32(x, mean, scale)
-  yc, ny = _centred_float32(y, mean, scale)
+  exponent = 10 - int(np.frexp(peak)[1]) if peak > 0 else 0
+  mean = (_scaled_mean(x, exponent) + _scaled_mean(y, exponent)) / 2
+  xc, nx = _centred_float32(x, mean, exponent)
+  yc, ny = _centred_float32(y, mean, exponent)
   y_dev, ny_dev = jax.device_put(yc), jax.device_put(ny)  # one copy (jnp.asarray may make two)
 
+  unit = _gram_tolerance(dim)
   rows = min(chunk_size, n)
   diag = np.empty(n, np.float32)
-  row_min = np.empty(n, np.float32)
-  col_min = np.full(n, np.inf, np.float32)
+  row_min = np.empty((2, n), np.float32)      # (low, high) bounds of the nearest competitor
+  col_min = np.full((2, n), np.inf, np.float32)
   for start in range(0, n, rows):
     stop = min(start + rows, n)
     xb = np.zeros((rows, dim), np.float32)
     nb = np.zeros((rows,), np.float32)
     xb[:stop - start], nb[:stop - start] = xc[start:stop], nx[start:stop]
     valid = np.arange(rows) < stop - start
-    d, r, c = _paired_chunk(xb, y_dev, nb, ny_dev, np.int32(start), valid)
+    d, r, c = _paired_chunk(xb, y_dev, nb, ny_dev, np.int32(start), valid, np.float32(unit))
     diag[start:stop] = np.asarray(d)[:stop - start]
-    row_min[start:stop] = np.asarray(r)[:stop - start]
+    row_min[:, start:stop] = np.asarray(r)[:, :stop - start]
     np.minimum(col_min, np.asarray(c), out=col_min)
   del y_dev
 
-  unit = _gram_tolerance(dim)
   out = {"num_pairs": int(n)}
   for name, q, g, qc, gc, nq, ng, best in (("x_to_y", x, y, xc, yc, nx, ny, row_min),
                                           ("y_to_x", y, x, yc, xc, ny, nx, col_min)):
-    tol = unit * (nq.astype(np.float64) + float(ng.max()))
-    margin = best.astype(np.float64) - diag
-    hits = margin > tol
-    unsure = np.flatnonzero(np.abs(margin) <= tol)
-    hits[unsure] = _resolve_nearest(unsure, q, g, qc, gc, nq, ng, tol, scale)
+    # best = min over competitors j of (distance -/+ unit |g_j|^2): a sure hit beats every
+    # one by the pair's part of the bound, a sure miss loses to one by the same.
+    own_bound = unit * (2.0 * nq.astype(np.float64) + ng.astype(np.float64))
+    low, high = best.astype(np.float64) - diag
+    hits = low > own_bound
+    unsure = np.flatnonzero(~hits & (high >= -own_bound))
+    hits[unsure] = _resolve_nearest(unsure, q, g, qc, gc, nq, ng, unit, exponent)
     out[name] = float(hits.mean())
   return out
 

@@ -301,9 +301,30 @@ def test_paired_retrieval_survives_float32_overflow_and_underflow():
   x = rng.normal(size=(80, 6))
   y = x + 0.8 * rng.normal(size=x.shape)
   want = naive_paired(x, y)
-  for scale in (1e30, 1e-30):  # squares beyond float32's range either way
+  # Squares beyond float32's range either way; float64 inputs whose sum overflows, or
+  # subnormal ones whose scale 2**(10 - exponent) does.
+  for scale in (1e30, 1e-30, 2e307, 1e-310):
     got = paired_retrieval_accuracy(x * scale, y * scale)
-    assert (got["x_to_y"], got["y_to_x"]) == pytest.approx(want, abs=0)
+    assert (got["x_to_y"], got["y_to_x"]) == pytest.approx(want, abs=0), scale
+
+
+def test_paired_retrieval_is_not_slowed_by_one_far_off_embedding(monkeypatch):
+  """One outlier used to widen every pair's float32 error bound until every pair went to the
+  exact float64 check against every item (quadratic: minutes at the MNIST-CDCB test size)."""
+  rng = np.random.default_rng(19)
+  x = rng.normal(size=(400, 64)).astype(np.float32)
+  y = x + 2.0 * rng.normal(size=x.shape).astype(np.float32)
+  y[7] *= 1000.0
+  checked = []
+  resolve = metrics._resolve_nearest  # pylint: disable=protected-access
+
+  def counting(idx, *args, **kwargs):
+    checked.append(len(idx))
+    return resolve(idx, *args, **kwargs)
+  monkeypatch.setattr(metrics, "_resolve_nearest", counting)
+  got = paired_retrieval_accuracy(x, y)
+  assert (got["x_to_y"], got["y_to_x"]) == pytest.approx(naive_paired(x, y), abs=0)
+  assert sum(checked) < 0.2 * 2 * len(x), checked
 
 
 def test_paired_retrieval_of_identical_embeddings_is_only_the_first_pair():
