@@ -60,6 +60,7 @@ def image_recipe(name, architecture, beta, recon_weight, annealing_rate, evals=(
   config.loss = loss(beta=beta, recon_weight=recon_weight, recon="l1", annealing_rate=annealing_rate)
   config.training.batch_size = 8
   config.training.num_steps = REFERENCE_STEPS
+  config.training.num_epochs = 0  # the length is num_steps
   if "paired_retrieval" in evals:
     config.training.eval_every = eval_every
     config.training.select_from_epoch = select_from_epoch
