@@ -104,10 +104,15 @@ class PairedInput:
     self._pool = concurrent.futures.ThreadPoolExecutor(1) if not self.is_resident else None
     self._pending: Optional[tuple] = None
 
-  def resident(self) -> Dict[str, Any]:
+  def resident(self, block: int = 256) -> Dict[str, Any]:
     if not self.is_resident:
       return {}
-    return {"x": np.asarray(self.data.x, np.float32), "y": np.asarray(self.data.y, np.float32)}
+    # A block of pairs at a time: lazily decoded pairs are decoded once for both halves.
+    out = {k: np.empty(getattr(self.data, k).shape, np.float32) for k in ("x", "y")}
+    for start in range(0, len(self.data), block):
+      idx = np.arange(start, min(start + block, len(self.data)))
+      out["x"][idx], out["y"][idx] = self.data.x[idx], self.data.y[idx]
+    return out
 
   def _indices(self, step: int, k: int) -> np.ndarray:
     """(local devices, k, per-device batch) global indices for steps step..step+k-1."""

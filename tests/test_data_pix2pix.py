@@ -138,6 +138,21 @@ def test_maps_splits_follow_the_reference_in_either_layout(tmp_path):
   write_pix2pix(both, splits=("valid",), count=2, size=4)
   assert files(both, "valid") == ["valid/1.png", "valid/2.png"]
   assert files(both, "test") == ["val/1.png", "val/2.png", "val/3.png"]
+  # Test is never valid/ (training pairs): an empty val/ fails, no val/ is named as missing.
+  empty_val = tmp_path / "empty_val"
+  write_pix2pix(empty_val, splits=("train", "valid"), count=2, size=4)
+  os.makedirs(empty_val / "val")
+  with pytest.raises(DatasetNotFoundError, match="holds no"):
+    files(empty_val, "test")
+  os.rmdir(empty_val / "val")
+  with pytest.raises(DatasetNotFoundError, match="'test' is missing"):
+    files(empty_val, "test")
+  # An empty valid/ beside the release's folders: training pairs 1..800 as without it.
+  empty_valid = tmp_path / "empty_valid"
+  write_pix2pix(empty_valid, splits=("train",), count=801, size=4)
+  write_pix2pix(empty_valid, splits=("val",), count=2, size=4)
+  os.makedirs(empty_valid / "valid")
+  assert files(empty_valid, "valid") == [f"train/{i}.png" for i in range(1, 801)]
 
 
 def test_an_empty_val_folder_does_not_hide_valid(tmp_path):
@@ -238,3 +253,30 @@ def test_x_then_y_of_a_batch_larger_than_the_cache_decodes_each_pair_once():
   np.asarray(reader.y[np.arange(3)])                  # other indices: decoded afresh, right values
   np.testing.assert_array_equal(np.asarray(reader.x[np.arange(3)])[:, 0, 0, 0],
                                 pix2pix.to_float(np.arange(3, dtype=np.uint8)))
+  idx = np.array([1, 2, 3])                            # the caller's array, reused
+  reader.half(0, idx)
+  idx[:] = [7, 8, 9]
+  np.testing.assert_array_equal(reader.half(1, idx)[:, 0, 0, 0], 100 + idx)
+  decoded.clear()
+  reader.OTHER_HALF_BYTES = 2 * 2 * 3 * 4 - 1          # more than this is not kept
+  reader.x[np.arange(4)], reader.y[np.arange(4)]
+  assert len(decoded) == 4 + 4 - reader.cache_size
+
+
+def test_the_resident_training_set_decodes_each_pair_once():
+  from configs import digits_cdcb
+  from iiae_jax import input_pipeline
+  from iiae_jax.data import PairedData
+  decoded = []
+
+  def decode(i):
+    decoded.append(i)
+    return np.full((32, 32, 3), i % 256, np.uint8), np.full((32, 32, 3), 255 - i % 256, np.uint8)
+  reader = pix2pix.PairReader(600, (32, 32, 3), decode, cache_size=8)
+  reader.OTHER_HALF_BYTES = 1 << 20   # less than a half of the whole set (1.8 MB)
+  config = digits_cdcb.get_config()
+  train_input = input_pipeline.PairedInput(config, PairedData("lazy", "train", reader.x, reader.y))
+  resident = train_input.resident()
+  assert sorted(decoded) == list(range(600))
+  np.testing.assert_array_equal(resident["y"][:, 0, 0, 0],
+                                pix2pix.to_float((255 - np.arange(600) % 256).astype(np.uint8)))

@@ -178,3 +178,12 @@ def test_class_count_warning_names_both_counts(tmp_path):
   write_sketchy(tmp_path)
   with pytest.warns(UserWarning, match="lists 3 classes; the canonical Sketchy Extended split 1 has 100"):
     data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)
+
+
+def test_a_damaged_file_of_the_other_split_does_not_stop_this_one(tmp_path):
+  write_sketchy(tmp_path)
+  with open(_path(tmp_path, "test_image_paths.npy"), "wb") as f:
+    f.write(b"not npy")
+  assert data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM).classes == sorted(TRAIN_CLASSES)
+  with pytest.raises(DatasetFormatError, match="test_image_paths.npy"):
+    data.load("sketchy", "test", data_dir=str(tmp_path), feature_dim=DIM)

@@ -246,10 +246,13 @@ class PairReader:
   Items are the pair indices themselves, or `load(indices)` (one call per
   batch of missing indices, e.g. a batched record read). `x` and `y` are
   `LazyImages` over the two halves; asking `x` then `y` (or `y` then `x`) for
-  the same indices decodes each pair once, however many: the other half of
-  the last request is kept until it is asked for or another request comes.
-  Pickles without its cache (for multi-process input pipelines).
+  the same indices decodes each pair once, for up to OTHER_HALF_BYTES of
+  images: the other half of the last request is kept until it is asked for or
+  another request comes. Pickles without its cache (for multi-process input
+  pipelines).
   """
+
+  OTHER_HALF_BYTES = 64 << 20  # a batch of 128 pairs at 256x256 is 25 MB
 
   def __init__(self, length: int, image_shape, decode: Callable, cache_size: int = 64,
                paths: Optional[Sequence[str]] = None, load: Optional[Callable] = None):
@@ -275,12 +278,13 @@ class PairReader:
 
   def half(self, which: int, indices: np.ndarray) -> np.ndarray:
     """uint8 X (which=0) or Y (which=1) images at `indices`."""
-    key = np.asarray(indices, np.int64)
+    key = np.array(indices, np.int64)  # a copy: the caller may reuse its array
     other, self._other_half = self._other_half, None
     if other is not None and other[1] == which and np.array_equal(other[0], key):
       return other[2]
     halves = self.pairs(key)
-    self._other_half = (key, 1 - which, halves[1 - which])
+    if halves[1 - which].nbytes <= self.OTHER_HALF_BYTES:
+      self._other_half = (key, 1 - which, halves[1 - which])
     return halves[which]
 
   def pairs(self, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -322,16 +326,27 @@ MAPS_VALID_FROM_TRAIN = 800
 
 
 def split_files(root: str, split: str, name: str = "pix2pix") -> List[str]:
-  """The pair files of `split` under `root`, sorted (see `split_dir`; Maps has its own rule)."""
+  """The pair files of `split` under `root`, sorted (see `split_dir`; Maps has its own rule).
+
+  Maps: 'test' is test/, else the release's val/ (never valid/, which holds training
+  pairs); 'valid' is valid/ when it holds images, else val/ beside a test/, else
+  training pairs 1..800.
+  """
   if name != "maps" or split not in ("valid", "val", "test"):
     return list_pair_files(split_dir(root, split, name))
-  has = lambda folder: os.path.isdir(os.path.join(os.fspath(root), folder))
+  if not os.path.isdir(os.fspath(root)):
+    return list_pair_files(split_dir(root, split, name))  # raises, naming the missing root
+  folder = lambda f: os.path.join(os.fspath(root), f)
+  has = lambda f: os.path.isdir(folder(f))
   if split == "test":
-    return list_pair_files(split_dir(root, "test" if has("test") else "val", name))
-  if has("valid"):  # the reference's copy of training pairs, even beside the release's val/
-    return list_pair_files(os.path.join(os.fspath(root), "valid"))
+    if not (has("test") or has("val")):
+      raise dataset_not_found(name, os.fspath(root), f"split folder for 'test' is missing: expected "
+                              f"{folder('test')} or the release's {folder('val')}")
+    return list_pair_files(folder("test" if has("test") else "val"))
+  if has("valid") and list_pair_files(folder("valid")):  # the reference's copy of training pairs
+    return list_pair_files(folder("valid"))
   if has("test") and has("val"):
-    return list_pair_files(split_dir(root, "val", name))
+    return list_pair_files(folder("val"))
   train = list_pair_files(split_dir(root, "train", name))
   numbered = {os.path.splitext(os.path.basename(p))[0]: p for p in train}
   wanted = [str(i) for i in range(1, MAPS_VALID_FROM_TRAIN + 1)]

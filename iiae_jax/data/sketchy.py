@@ -159,9 +159,11 @@ def _check_unseen(directory: str, split: str, classes: List[str]) -> None:
   other = "test" if split == "train" else "train"
   for domain in ("sketch", "image"):
     path = os.path.join(directory, f"{other}_{domain}_paths.npy")
-    if not os.path.isfile(path):  # reported when that split is loaded
+    try:
+      other_paths = _load_paths(path) if os.path.isfile(path) else ()
+    except DatasetFormatError:  # reported when that split is loaded
       continue
-    other_classes = {p.rstrip("/").split("/")[-2] for p in _load_paths(path) if "/" in p.rstrip("/")}
+    other_classes = {p.rstrip("/").split("/")[-2] for p in other_paths if "/" in p.rstrip("/")}
     shared = sorted(set(classes) & other_classes)
     if shared:
       raise DatasetFormatError(
