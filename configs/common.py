@@ -44,10 +44,11 @@ REFERENCE_STEPS = 1_012_000
 
 
 def image_recipe(name, architecture, beta, recon_weight, annealing_rate, evals=("paired_retrieval",),
-                 eval_every=0, select_from_epoch=0):
+                 eval_every=0, select_from_epoch=0, num_epochs=0):
   """SPEC §4 for the 256x256 image datasets (§3b/§3c): dataset, model, loss, batch 8, evals.
 
-  Trains the reference's REFERENCE_STEPS steps. During training paired
+  Trains the reference's REFERENCE_STEPS steps (`num_epochs` > 0: that many
+  epochs instead). During training paired
   retrieval runs on the validation split every `eval_every` steps (the
   reference's save_freq), and the best checkpoint by the §4 rule among those
   from epoch `select_from_epoch` on is kept under <workdir>/best; eval.py
@@ -59,8 +60,9 @@ def image_recipe(name, architecture, beta, recon_weight, annealing_rate, evals=(
   config.model = model_images(architecture, resolution=256, latent_resolution=8)
   config.loss = loss(beta=beta, recon_weight=recon_weight, recon="l1", annealing_rate=annealing_rate)
   config.training.batch_size = 8
-  config.training.num_steps = REFERENCE_STEPS
-  config.training.num_epochs = 0  # the length is num_steps
+  # One length, the other 0 (num_steps > 0 wins, with a warning, when a user sets both).
+  config.training.num_steps = 0 if num_epochs > 0 else REFERENCE_STEPS
+  config.training.num_epochs = num_epochs
   if "paired_retrieval" in evals:
     config.training.eval_every = eval_every
     config.training.select_from_epoch = select_from_epoch

@@ -20,7 +20,7 @@ def get_config():
   config.model.update(dict(neef=16, nsef=16, ndf=16))  # CPU-sized; the 256x256 recipe uses 32/32/64
   config.loss = common.loss(beta=0.2, recon_weight=1000.0, recon="l1", annealing_rate=500.0)
   config.training.batch_size = 32
-  config.training.num_steps = 2000
+  config.training.num_steps, config.training.num_epochs = 2000, 0
   config.training.log_every = 100
   config.training.checkpoint_every = 500
   config.training.eval_every = 1000

@@ -21,7 +21,7 @@ def get_config():
   # reconstruction weight keeps the latents from collapsing onto the prior.
   config.loss = common.loss(beta=0.5, recon_weight=3000.0, recon="l2", annealing_rate=500.0)
   config.training.batch_size = 7          # one sketch and one photo of each seen class
-  config.training.num_steps = 3000
+  config.training.num_steps, config.training.num_epochs = 3000, 0
   config.training.log_every = 250
   config.training.checkpoint_every = 1000
   config.evals.zs_retrieval = dict(type="zs_retrieval", split="test", ks=(5, 50))          # unseen

@@ -221,8 +221,13 @@ def evaluation_schedule(training, steps_per_epoch: int):
 
 
 def total_steps(config, train_input) -> int:
+  """training.num_steps if > 0 (warning if num_epochs is also set), else num_epochs epochs."""
   t = config.training
   if int(t.get("num_steps", 0)) > 0:
+    if int(t.get("num_epochs", 0)) > 0:
+      logging.warning("training.num_steps = %d decides the length; training.num_epochs = %d (%d steps) "
+                      "is ignored: set one of them and the other to 0", int(t.num_steps),
+                      int(t.num_epochs), int(t.num_epochs) * train_input.steps_per_epoch)
     return int(t.num_steps)
   if int(t.get("num_epochs", 0)) <= 0:
     raise ValueError("set training.num_steps or training.num_epochs to a positive number")

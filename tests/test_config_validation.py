@@ -229,7 +229,9 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
     assert spec["split"] in data.DATASETS[dataset].splits
   assert config.training.keep_every_epochs == (50 if name == "cars" else 0)   # SPEC §4 Cars
   # The reference trains every image dataset 1,012,000 steps (run_cross_vae.py's max_steps).
-  assert config.training.num_steps == (0 if name == "sketchy" else 1_012_000)
+  # Cars: 500 epochs, every 50th kept (the reference's 1,012,000 steps at 2,024 per epoch).
+  assert (config.training.num_steps, config.training.num_epochs) == {
+      "sketchy": (0, 10), "cars": (0, 500)}.get(name, (1_012_000, 0))
 
 
 @pytest.mark.parametrize("split,num_classes", [("1", 100), ("2", 104)])
@@ -328,3 +330,22 @@ def test_the_sketchy_configs_run_on_synthetic_sketchy(split):
     classes = {"1": (100, 25), "2": (104, 21)}[split][unseen]
     assert data.num_classes == classes and data.sketch.shape[1] == 8
   assert config.training.batch_size == config.model.num_classes == {"1": 100, "2": 104}[split]
+
+
+def test_both_lengths_set_warns_which_one_decides(caplog):
+  """num_steps > 0 wins; a num_epochs set beside it (e.g. on an image config that trains the
+  reference's steps) is named as ignored instead of silently."""
+  from iiae_jax import trainer
+
+  class Input:
+    steps_per_epoch = 7
+  config = _features()
+  config.training.update(num_steps=30, num_epochs=5)
+  with caplog.at_level("WARNING"):
+    assert trainer.total_steps(config, Input()) == 30
+  assert "training.num_epochs = 5 (35 steps) is ignored" in caplog.text
+  caplog.clear()
+  config.training.num_epochs = 0
+  with caplog.at_level("WARNING"):
+    assert trainer.total_steps(config, Input()) == 30
+  assert not caplog.text
