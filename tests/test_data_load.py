@@ -12,8 +12,8 @@ from iiae_jax.data import DATASETS, DatasetNotFoundError, PairedData, ZeroShotDa
 
 
 def test_datasets_lists_every_name_with_its_kind():
-  assert set(DATASETS) == {"digits_cdcb", "digits_zs", "sketchy", "mnist_cdcb", "facades",
-                           "maps", "cars", "synthetic_sketchy"}
+  assert set(DATASETS) == {"digits_cdcb", "digits_zs", "sketchy", "mnist_cdcb", "mnist_cdcb_rebuilt",
+                           "facades", "maps", "cars", "synthetic_sketchy"}
   for name, info in DATASETS.items():
     assert info.kind in ("paired", "zero_shot") and info.description
   assert (DATASETS["sketchy"].kind == DATASETS["digits_zs"].kind
@@ -54,6 +54,7 @@ def test_unknown_source_is_rejected():
 @pytest.mark.parametrize("name,folder,hint", [
     ("sketchy", "SketchyVGG", "10.5281/zenodo.3890097"),
     ("mnist_cdcb", "mnist_cdcb", "github.com/agonzgarc/cross-domain-disen"),
+    ("mnist_cdcb_rebuilt", "mnist", "storage.googleapis.com/cvdf-datasets/mnist"),
     ("facades", "facades", "efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"),
     ("maps", "maps", "efrosgans.eecs.berkeley.edu/pix2pix/datasets/maps.tar.gz"),
     ("cars", "cars", "10.5281/zenodo.3890097"),

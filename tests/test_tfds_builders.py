@@ -152,6 +152,23 @@ def test_mnist_cdcb_direct_pairs_follow_the_colouring_recipe(tmp_path):
   np.testing.assert_allclose(data.y[0], y[0], atol=1e-6)
 
 
+def test_mnist_cdcb_rebuilt_loads_by_name_from_files_and_through_tfds(tmp_path):
+  """Usable as data.name (configs) from the idx files in <data_dir>/mnist, or prepared."""
+  from iiae_jax import data
+  mnist = write_fake_mnist(str(tmp_path / "mnist"))
+  direct = T.mnist_cdcb(mnist, "valid", resolution=8, seed=2)
+  loaded = data.load("mnist_cdcb_rebuilt", "valid", data_dir=str(tmp_path), resolution=8, seed=2)
+  np.testing.assert_array_equal(loaded.x, direct.x)
+  np.testing.assert_array_equal(loaded.factors["digit"], direct.factors["digit"])
+  assert set(data.loader_options("mnist_cdcb_rebuilt")) == {"resolution", "seed"}
+  T.prepare("mnist_cdcb_rebuilt", str(tmp_path / "tfds"), manual_dir=mnist, resolution=8, seed=2)
+  built = data.load("mnist_cdcb_rebuilt", "valid", data_dir=str(tmp_path / "tfds"), source="tfds",
+                    resolution=8, seed=2)
+  np.testing.assert_allclose(np.asarray(built.y), direct.y, atol=0.5 * QUANTUM + 1e-6)
+  with pytest.raises(DatasetNotFoundError, match="mnist_cdcb_rebuilt"):   # the old name's data
+    data.load("mnist_cdcb", "valid", data_dir=str(tmp_path / "tfds"), source="tfds")
+
+
 def test_mnist_cdcb_rebuilt_builder_reads_back_within_quantisation(tmp_path):
   mnist = write_fake_mnist(str(tmp_path / "mnist"))
   data_dir = str(tmp_path / "tfds")

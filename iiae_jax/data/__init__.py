@@ -51,6 +51,11 @@ DATASETS = {
     "mnist_cdcb": DatasetInfo(
         "paired", "MNIST-CDCB pix2pix pairs (option: resolution).",
         _PAIRED_SPLITS, ("mnist_cdcb", "MNIST-CDCB")),
+    "mnist_cdcb_rebuilt": DatasetInfo(
+        "paired", "MNIST-CDCB-like pairs made from the raw MNIST idx files with the offline "
+                  "palette, for those without the release's pairs; not the paper's data "
+                  "(options: resolution, seed).",
+        _PAIRED_SPLITS, ("mnist", "MNIST")),
     "facades": DatasetInfo(
         "paired", "pix2pix Facades: facade photo / label map (option: resolution).",
         _PAIRED_SPLITS, ("facades",)),
@@ -86,8 +91,8 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str =
   Args:
     name: 'digits_cdcb' and 'digits_zs' are generated (no data_dir needed);
       'sketchy' reads <data_dir>/SketchyVGG; 'mnist_cdcb' <data_dir>/mnist_cdcb
-      (or MNIST-CDCB, the reference's name); 'facades', 'maps' and 'cars'
-      <data_dir>/<name>.
+      (or MNIST-CDCB, the reference's name); 'mnist_cdcb_rebuilt' the MNIST idx
+      files in <data_dir>/mnist; 'facades', 'maps' and 'cars' <data_dir>/<name>.
     split: 'train', 'valid' or 'test' (zero-shot sets and cars: 'train', 'test').
     data_dir: the datasets' folder; default $IIAE_DATA_DIR, else ./data.
     source: 'files' (the layouts above) or 'tfds' (prepared TFDS builders in
@@ -135,6 +140,9 @@ def _files_loader(name: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
   if name == "cars":
     from iiae_jax.data.cars import load_cars  # pylint: disable=g-import-not-at-top
     return load_cars, {}
+  if name == "mnist_cdcb_rebuilt":
+    from iiae_jax.data.tfds_builders import mnist_cdcb  # pylint: disable=g-import-not-at-top
+    return mnist_cdcb, {}
   from iiae_jax.data.pix2pix import load_pix2pix  # pylint: disable=g-import-not-at-top
   return load_pix2pix, {"name": name}
 

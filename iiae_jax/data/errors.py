@@ -12,8 +12,12 @@ DOWNLOADS = {
         "split2/ holds {{train,test}}_{{sketch,image}}_{{features,paths}}.npy."),
     "mnist_cdcb": (
         "Download MNIST-CDCB (https://github.com/agonzgarc/cross-domain-disen) "
-        "and place its pix2pix pair images (X left, Y right) in "
+        "and place its pix2pix pair images, as the release ships them, in "
         "{root}/{{train,valid,test}}/."),
+    "mnist_cdcb_rebuilt": (
+        "Download the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; plain or .gz) from "
+        "https://storage.googleapis.com/cvdf-datasets/mnist/ into {root}/."),
     "facades": (
         "Download http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz "
         "and unpack it so that {root}/{{train,val,test}}/*.jpg exist."),

@@ -516,6 +516,8 @@ class MnistCdcb(_Pix2pixBuilder):
   """MNIST-CDCB: the release's pair files, as `load_pix2pix(..., name='mnist_cdcb')` reads them."""
 
   DOWNLOADABLE = False
+  NOT_PREPARED_NOTE = (" (A data_dir prepared before 2026-11-28 holds, under this name, the "
+                       "pairs rebuilt from raw MNIST: that builder is now 'mnist_cdcb_rebuilt'.)")
   DESCRIPTION = ("MNIST-CDCB pairs of the cross-domain-disen release: digit on a coloured "
                  "background / coloured digit on black (X, the right half of each file).")
   HOMEPAGE = "https://github.com/agonzgarc/cross-domain-disen"
@@ -895,7 +897,7 @@ def load_tfds(name: str, split: str, data_dir: str, *, download_and_prepare: boo
           f"iiae_jax.data.tfds_builders.prepare({cls.name!r}, {os.fspath(data_dir)!r}"
           f"{', manual_dir=...' if hasattr(cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS') else ''}"
           f"{''.join(f', {k}={v!r}' for k, v in options.items())}) "
-          "or pass download_and_prepare=True.")
+          "or pass download_and_prepare=True." + getattr(cls, "NOT_PREPARED_NOTE", ""))
   splits = dataset.info.metadata.get("splits", {})
   if split not in splits:
     raise ValueError(f"{cls.name} has splits {sorted(splits)}, got {split!r}")
