@@ -595,9 +595,10 @@ def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
       run("5")
     assert (out / "results.json").read_text() == other_tool
   (out / "results.json").unlink()
-  with pytest.raises(evaluation.UsageError, match="is a file, not a folder"):
-    evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out / "index.html"),
-                                   datasets=datasets, echo=None)
+  for inside_a_file in ("index.html", "index.html/sub"):
+    with pytest.raises(evaluation.UsageError, match="index.html is a file, not a folder"):
+      evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out / inside_a_file),
+                                     datasets=datasets, echo=None)
 
 
 def test_a_folder_without_results_is_written_only_when_empty(features, tmp_path, monkeypatch):

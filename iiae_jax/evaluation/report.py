@@ -165,9 +165,12 @@ def default_out_dir(workdir: str, info: Dict[str, Any]) -> str:
 
 
 def _check_out_dir(out_dir: str, workdir: str) -> None:
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise UsageError(f"--out={out_dir} is a file, not a folder; it is left as it is: choose "
-                     "another --out (a new or empty folder)")
+  existing = os.path.abspath(out_dir)
+  while not os.path.exists(existing):  # the deepest part of the path that exists
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UsageError(f"--out={out_dir}: {existing} is a file, not a folder; it is left as it is: "
+                     "choose another --out (a new or empty folder)")
   out_dir, workdir = os.path.realpath(out_dir), os.path.realpath(workdir)
   protected = [workdir] + [os.path.join(workdir, d) for d in ("checkpoints", "best")]
   for p in protected:
