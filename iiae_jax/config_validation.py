@@ -160,6 +160,13 @@ def _check_data(c: _Checker) -> None:
     return
   if source is not None or c.group("data").get("source") is None:  # absent: 'files'
     _check_data_options(c, name, source or "files")
+  if data.DATASETS[name].kind == "zero_shot":
+    if c.group("data").get("flip"):
+      c.errors.append(f"data.flip applies to paired image datasets; {name!r} is zero-shot "
+                      "(feature vectors): set it to False")
+  elif c.group("training").get("batch_size") == 0:
+    c.errors.append(f"training.batch_size must be >= 1 for the paired dataset {name!r} (0, one "
+                    "pair per class, is for zero-shot datasets)")
   # Every split a run reads, by the field that names it (a typo fails now, not an epoch later).
   splits = data.DATASETS[name].splits
   must = f"be one of {list(splits)} (the splits of {name})"
@@ -219,7 +226,8 @@ def validate_config(config, *, num_devices: Optional[int] = None) -> None:
   divides over that many devices. Cheap: no data is read, nothing compiles.
   """
   c = _Checker(config)
-  c.check("", "seed", _is_int, "be an integer")
+  # numpy's generators take no negative seed, and JAX keys (32-bit) would equate s and s + 2**32.
+  c.check("", "seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "be an integer in [0, 2**32)")
   _check_loss(c)
   _check_optimizer(c)
   _check_training(c)

@@ -68,6 +68,11 @@ BAD_VALUES = [
     (_images, "model.channels", 0, "model.channels must be an integer >= 1"),
     (_features, "distributed.heartbeat_timeout_seconds", 0, "distributed.heartbeat_timeout_seconds must be an integer >= 1"),
     (_features, "distributed.process_id", 2, "distributed.process_id must be < distributed.num_processes (1)"),
+    # Checked before anything is written: numpy's generators refuse a negative seed at step 1.
+    (_images, "seed", -1, "seed must be an integer in [0, 2**32), got -1"),
+    (_features, "seed", 2 ** 32 + 5, "seed must be an integer in [0, 2**32)"),
+    (_images, "training.batch_size", 0, "training.batch_size must be >= 1 for the paired dataset 'digits_cdcb'"),
+    (_features, "data.flip", True, "data.flip applies to paired image datasets; 'digits_zs' is zero-shot"),
 ]
 
 
@@ -166,6 +171,7 @@ def test_a_batch_that_does_not_divide_the_devices_is_refused():
   with pytest.raises(ConfigError, match=r"training.batch_size = 12 must be a positive multiple of the "
                                         r"number of devices \(8\)"):
     validate_config(config, num_devices=8)
+  config = _features()
   config.training.batch_size = 0            # zero-shot: one pair per class, checked once data is known
   validate_config(config, num_devices=8)
 
