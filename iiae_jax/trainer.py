@@ -358,7 +358,8 @@ def selection_score(metrics: Dict[str, float]) -> Optional[float]:
   for prefix in sorted({k.split("/")[0] for k in metrics if k.endswith("shared_x_to_y")}):
     p = prefix + "/"
     if metrics.get(p + "exclusive_x_to_y_hits", 0) <= 1 and metrics.get(p + "exclusive_y_to_x_hits", 0) <= 1:
-      return float(metrics[p + "shared_x_to_y"] + metrics[p + "shared_y_to_x"])
+      # Rounded: equal hit totals tie exactly (0.94 + 0.99 and 1.0 + 0.93 differ in the last bit).
+      return round(float(metrics[p + "shared_x_to_y"] + metrics[p + "shared_y_to_x"]), 9)
     return None
   return None
 
@@ -446,6 +447,24 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
       best.close()
       _set_aside_dir(best_dir, f"best.until_step_{start}", main)
       best, best_score = checkpointing.Checkpoints(best_dir, 1), None
+  recorded_score, best_step = meta.get("best_score"), meta.get("best_step")
+  kept_step = best.latest_step() if best is not None else None
+  if best is not None and best_score is not None and recorded_score is not None \
+      and best_step is not None and (kept_step is None or kept_step < best_step):
+    # Killed while best/<best_step> was being written (the two saves are independent); a newer
+    # kept step is the killed run's later best, compared with by its own record above.
+    if best_step == start:  # the restored state is the best one: write it again
+      logging.warning("%s lacks the best checkpoint (step %d); it is written again from the "
+                      "restored state of that step", best_dir, best_step)
+      best_score = recorded_score
+      best.save(start, jax.device_get(state), {"score": best_score, "metrics": {}, "step": start,
+                                               "config": flat_config}, force=True, replace=True)
+    else:
+      logging.warning("%s lacks the best checkpoint (step %d, lost while it was written); "
+                      "selection goes on from %s", best_dir, best_step,
+                      f"step {kept_step}" if kept_step is not None else "nothing")
+      if kept_step is None:
+        best_score, best_step = None, None
   if main:
     _write_config(workdir, config, start)
   if main and argv is not None:
@@ -457,13 +476,13 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     # The steps since the last log line go with the checkpoint, so that a resumed run's first
     # line averages the same steps; a failed evaluation is redone when the run resumes.
     meta = {"config": flat_config, "data_state": {"step": int(step)}, "best_score": best_score,
-            "time": time.time(), "log_window": _log_window(pending),
+            "best_step": best_step, "time": time.time(), "log_window": _log_window(pending),
             "evaluation_pending": evaluation_pending}
     checkpoints.save(step, host, meta, force=force)
 
   def evaluate_now(step):
     """Evaluates on every process; if it fails on any, every process checkpoints, then raises."""
-    nonlocal best_score
+    nonlocal best_score, best_step
     host = jax.device_get(parallel.unreplicate(replicated))
     metrics, error = None, None
     try:
@@ -476,8 +495,11 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
         raise error
       raise RuntimeError(f"the evaluation at step {step} failed on another process (see its log); "
                          "rerun the same command to resume and evaluate again")
+    previous = best_score
     best_score = _record_evaluation(metrics, host, step, writer, best if step >= select_from else None,
                                     best_score, flat_config)
+    if best_score != previous:
+      best_step = int(step)
 
   writer = observability.MetricWriter(workdir, enabled=main, start_step=start)
   progress = observability.Progress(num_steps, start, t.get("progress_bar", "auto"), enabled=main)
@@ -531,6 +553,10 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     writer.close()
   if stopped_early:
     logging.warning("stopped by SIGTERM at step %d; rerun the same command to resume", step)
+  elif best is not None and best_score is None and num_steps >= select_from:
+    logging.warning("no evaluation from step %d on qualified for %s (SPEC §4: exclusive hits at "
+                    "most one each); eval.py --checkpoint=best will evaluate the latest checkpoint",
+                    select_from, best_dir)
   return jax.device_get(parallel.unreplicate(replicated))
 
 

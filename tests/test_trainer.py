@@ -422,3 +422,39 @@ def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_match
     assert all(f"{scope}/" in text for scope in scopes), part
   for leaf, value in out["plain pmap"].items():
     np.testing.assert_allclose(out["options"][leaf], value, rtol=1e-6, atol=1e-7, err_msg=leaf)
+
+
+def test_a_best_checkpoint_lost_while_it_was_written_is_recovered_or_forgotten(tmp_path, caplog):
+  """The best and the regular saves are independent: a kill can finish checkpoint S but not
+  best/S. The resumed run (at S) writes best/S again from the restored state; a best step that
+  cannot be restored no longer blocks later evaluations with its unwritten score."""
+  import shutil
+  config = tiny_train_config("digits_zs", num_steps=4)
+  config.training.update(checkpoint_every=2, eval_every=2)
+  best = lambda: checkpointing.Checkpoints(str(tmp_path / "best"))
+  run = lambda scores: _train(config, tmp_path, evaluate=lambda m, v, step: _paired_metrics(scores[step]))
+  run({2: 0.1, 4: 0.4})
+  assert best().steps() == [4]
+  shutil.rmtree(tmp_path / "best" / "4")          # killed before best/4 was finished
+  config.training.num_steps = 6
+  with caplog.at_level("WARNING"):
+    run({6: 0.3})                                  # worse than step 4's 0.8
+  assert "lacks the best checkpoint (step 4)" in caplog.text
+  assert [(s, best().read_meta(s)["score"]) for s in best().steps()] == [(4, 0.8)]
+  shutil.rmtree(tmp_path / "best" / "4")          # lost, and the run resumes past it
+  config.training.num_steps = 8
+  run({8: 0.2})
+  assert [(s, best().read_meta(s)["score"]) for s in best().steps()] == [(8, 0.4)]
+
+
+def test_equal_hit_totals_tie_and_the_earlier_evaluation_stays(tmp_path):
+  config = tiny_train_config("digits_zs", num_steps=4)
+  config.training.update(checkpoint_every=4, eval_every=2)
+  scores = {2: (0.94, 0.99), 4: (1.0, 0.93)}        # 1.93 and 1.9300000000000002 in floats
+
+  def evaluate(model, variables, step):
+    metrics = _paired_metrics(0.0)
+    metrics["paired_retrieval/shared_x_to_y"], metrics["paired_retrieval/shared_y_to_x"] = scores[step]
+    return metrics
+  _train(config, tmp_path, evaluate=evaluate)
+  assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [2]

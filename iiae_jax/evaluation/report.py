@@ -113,7 +113,8 @@ def restore_for_evaluation(config, workdir: str, checkpoint: Union[str, int] = "
     else:
       info.update(kind="latest", fell_back=True,
                   note=f"no best checkpoint in {best} (it is kept only when a paired_retrieval "
-                       "evaluator ran during training); evaluating the latest checkpoint instead")
+                       "evaluator ran during training and an evaluation qualified: exclusive hits "
+                       "at most one each); evaluating the latest checkpoint instead")
       echo("note: " + info["note"])
   steps = _step_dirs(directory)
   if not steps:
