@@ -87,7 +87,10 @@ def replicate(tree: Any) -> Any:
 
 def unreplicate(tree: Any) -> Any:
   """The first local device's copy of a replicated pytree, as host numpy arrays."""
-  return jax.tree.map(lambda a: np.asarray(a[0]), tree)
+  # The first device's buffer itself (its shard may keep the device axis): no slicing op per array.
+  first = lambda a: (np.asarray(a.addressable_data(0)).reshape(a.shape[1:]) if isinstance(a, jax.Array)
+                     else np.asarray(a[0]))
+  return jax.tree.map(first, tree)
 
 
 def global_offset(per_device_batch: int) -> jax.Array:
