@@ -658,3 +658,27 @@ def test_a_damaged_checkpoint_is_reported_as_damaged_not_as_another_config(tmp_p
   message = str(e.value)
   assert "damaged or incomplete" in message and str(tmp_path / "checkpoints" / "3") in message
   assert "another config" not in message and "start afresh" not in message
+
+
+def test_a_lazily_decoded_split_is_decoded_once_across_evaluations():
+  """A validation split is read at every evaluation (thousands in a Maps run): when its pairs
+  fit the budget they are decoded once, not again each time (the reader's cache holds 64)."""
+  from iiae_jax.data import pix2pix
+  decoded = []
+
+  def decode(i):
+    decoded.append(i)
+    return np.full((4, 4, 3), i, np.uint8), np.full((4, 4, 3), 255 - i, np.uint8)
+
+  def lazy(n):
+    reader = pix2pix.PairReader(n, (4, 4, 3), decode, cache_size=8)
+    return PairedData("lazy", "valid", reader.x, reader.y)
+  datasets = evaluation.Datasets(None, _Loader(valid=lazy(100), test=lazy(200)))
+  datasets.KEEP_DECODED_BYTES = 2 * 150 * 4 * 4 * 3      # the 100 pairs fit, the 200 do not
+  for _ in range(3):
+    for split in ("valid", "test"):
+      data = datasets(split)
+      for start in range(0, len(data), 32):             # evaluation batches
+        idx = np.arange(start, min(start + 32, len(data)))
+        data.x[idx], data.y[idx]
+  assert len(decoded) == 100 + 3 * 200

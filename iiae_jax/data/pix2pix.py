@@ -266,6 +266,7 @@ class PairReader:
     self._other_half = None  # (indices, which, images) of the last request's unasked half
     self.x = LazyImages(self.length, self.image_shape, functools.partial(self.half, 0), paths)
     self.y = LazyImages(self.length, self.image_shape, functools.partial(self.half, 1), paths)
+    self.x.reader = self.y.reader = self  # for `keep_all_decoded`
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -275,6 +276,14 @@ class PairReader:
   def __setstate__(self, state):
     self.__init__(state["length"], state["image_shape"], state["decode"], state["cache_size"],
                   state["paths"], state["load"])
+
+  def keep_all_decoded(self, max_bytes: int) -> bool:
+    """Lets the cache hold every pair when their uint8 images take at most `max_bytes`
+    (a split read again and again, e.g. validated thousands of times); True if it does."""
+    if 2 * self.length * int(np.prod(self.image_shape)) > max_bytes:
+      return False
+    self.cache_size = self._cache.size = max(self._cache.size, self.length)
+    return True
 
   def half(self, which: int, indices: np.ndarray) -> np.ndarray:
     """uint8 X (which=0) or Y (which=1) images at `indices`."""
