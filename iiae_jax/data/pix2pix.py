@@ -320,7 +320,7 @@ def split_dir(root: str, split: str, name: str = "pix2pix") -> str:
   existing = [path for path in candidates if os.path.isdir(path)]
   # Of two (val/ and valid/), an empty one does not hide the other's images.
   for path in existing:
-    if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in os.listdir(path)):
+    if list_pair_files(path):
       return path
   if existing:
     return existing[0]
@@ -352,8 +352,9 @@ def split_files(root: str, split: str, name: str = "pix2pix") -> List[str]:
       raise dataset_not_found(name, os.fspath(root), f"split folder for 'test' is missing: expected "
                               f"{folder('test')} or the release's {folder('val')}")
     return list_pair_files(folder("test" if has("test") else "val"))
-  if has("valid") and list_pair_files(folder("valid")):  # the reference's copy of training pairs
-    return list_pair_files(folder("valid"))
+  valid = list_pair_files(folder("valid")) if has("valid") else []
+  if valid:  # the reference's copy of training pairs
+    return valid
   if has("test") and has("val"):
     return list_pair_files(folder("val"))
   train = list_pair_files(split_dir(root, "train", name))

@@ -163,7 +163,12 @@ def _check_unseen(directory: str, split: str, classes: List[str]) -> None:
       other_paths = _load_paths(path) if os.path.isfile(path) else ()
     except DatasetFormatError:  # reported when that split is loaded
       continue
-    other_classes = {p.rstrip("/").split("/")[-2] for p in other_paths if "/" in p.rstrip("/")}
+    other_classes = set()
+    for p in other_paths:
+      try:
+        other_classes.add(class_of_path(p))
+      except ValueError:  # reported when that split is loaded
+        pass
     shared = sorted(set(classes) & other_classes)
     if shared:
       raise DatasetFormatError(
