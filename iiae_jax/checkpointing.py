@@ -42,9 +42,15 @@ class ChecksumError(ValueError):
   """A restored array differs from the one saved (bit rot, an overwritten file)."""
 
 
-def _options(max_to_keep: Optional[int], keep_period: Optional[int] = None) -> ocp.CheckpointManagerOptions:
-  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
-                                      enable_async_checkpointing=True)
+def _options(directory: str, max_to_keep: Optional[int],
+             keep_period: Optional[int] = None) -> ocp.CheckpointManagerOptions:
+  # Each manager's cross-process barriers are named after its folder: the trainer's checkpoints/
+  # and best/ finish saves in background threads at once, and two barriers of one name on one
+  # process fail ("already ongoing") or wait forever.
+  prefix = "iiae_" + os.path.basename(directory)
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, keep_period=keep_period, create=True, enable_async_checkpointing=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix))
 
 
 class Checkpoints:
@@ -54,7 +60,8 @@ class Checkpoints:
     """Keeps the newest `max_to_keep` checkpoints, and every one whose step is a multiple of
     `keep_period`."""
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(self.directory, options=_options(max_to_keep, keep_period))
+    self._manager = ocp.CheckpointManager(self.directory,
+                                          options=_options(self.directory, max_to_keep, keep_period))
 
   def steps(self):
     return sorted(self._manager.all_steps())

@@ -7,8 +7,12 @@ HEARTBEAT_TIMEOUT_S sets config.distributed.heartbeat_timeout_seconds, for the
 tests that kill one of the processes. FAIL_EVAL_AT > 0 evaluates every 2 steps,
 with scores that differ between the processes (process 0's should decide which
 checkpoint is kept as the best), and makes process 1's evaluation raise at that step.
+
+usage: multihost_worker.py --two-managers PROCESS_ID NUM_PROCESSES PORT DIRECTORY ROUNDS
+saves ROUNDS steps into two checkpoint managers at once (the trainer's checkpoints/ and best/).
 """
 import sys
+import time
 
 import jax
 
@@ -42,6 +46,34 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
         f"step {int(state.step)}", flush=True)
 
 
+def two_managers(pid, nproc, port, directory, rounds):
+  import ml_collections
+  import numpy as np
+  from iiae_jax import checkpointing, parallel
+  parallel.initialize(ml_collections.ConfigDict(dict(
+      enabled=True, coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
+      heartbeat_timeout_seconds=30)))
+  if pid == 1:  # a loaded peer: its background threads finish each save late
+    import orbax.checkpoint as ocp
+    finalize = ocp.CheckpointManager._finalize  # pylint: disable=protected-access
+
+    def late_finalize(self, *args, **kwargs):
+      time.sleep(0.5)
+      return finalize(self, *args, **kwargs)
+    ocp.CheckpointManager._finalize = late_finalize  # pylint: disable=protected-access
+  latest = checkpointing.Checkpoints(f"{directory}/checkpoints")
+  best = checkpointing.Checkpoints(f"{directory}/best", 1)
+  for step in range(1, rounds + 1):  # each save's finishing runs in the background, alongside the other's
+    best.save(step, {"w": np.full(1000, step, np.float32)}, {"score": step}, force=True, replace=True)
+    latest.save(step, {"w": np.full(1000, -step, np.float32)}, {}, force=True)
+  best.close()
+  latest.close()
+  print(f"process {pid}: saved {rounds} steps into both", flush=True)
+
+
 if __name__ == "__main__":
   a = sys.argv[1:]
+  if a[0] == "--two-managers":
+    two_managers(int(a[1]), int(a[2]), a[3], a[4], int(a[5]))
+    sys.exit()
   main(int(a[0]), int(a[1]), a[2], a[3], a[4], *(int(v) for v in a[5:]))

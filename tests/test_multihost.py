@@ -25,13 +25,17 @@ def _env(**extra):
   return env
 
 
-def _start_workers(workdir, *args):
-  """Two worker processes on one coordinator port: WORKER i 2 PORT WORKDIR OUT.npz *args."""
+def _spawn(arguments):
+  """Two worker processes on one coordinator port: WORKER *arguments(i, PORT) for i = 0, 1."""
   port = str(_free_port())
-  return [subprocess.Popen([sys.executable, WORKER, str(i), "2", port, str(workdir), f"{workdir}.npz",
-                            *args], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+  return [subprocess.Popen([sys.executable, WORKER, *arguments(str(i), port)], env=_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for i in range(2)]
+
+
+def _start_workers(workdir, *args):
+  """WORKER i 2 PORT WORKDIR OUT.npz *args."""
+  return _spawn(lambda i, port: [i, "2", port, str(workdir), f"{workdir}.npz", *args])
 
 
 def _outputs(workers, timeout):
@@ -93,3 +97,17 @@ def test_a_busy_workdir_stops_both_processes(tmp_path):
   assert f"in use by a running training job (pid {os.getpid()})" in outputs[0], outputs[0][-3000:]
   assert "in use by a running training job (process 0 could not lock it)" in outputs[1], outputs[1][-3000:]
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_checkpoint_managers_save_side_by_side_on_two_processes(tmp_path):
+  """The trainer's checkpoints/ and best/ managers finish their saves in background threads at
+  the same time; their cross-process barriers must not share names (orbax refuses a barrier
+  already under way, and the processes then hang until killed)."""
+  from iiae_jax import checkpointing
+  workers = _spawn(lambda i, port: ["--two-managers", i, "2", port, str(tmp_path), "6"])
+  outputs = _outputs(workers, 120)
+  for i, (w, out) in enumerate(zip(workers, outputs)):
+    assert w.returncode == 0 and f"process {i}: saved 6 steps into both" in out, out[-3000:]
+  assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [5, 6]
+  best = checkpointing.Checkpoints(str(tmp_path / "best"))
+  assert best.steps() == [6] and best.read_meta(6)["score"] == 6
