@@ -130,7 +130,7 @@ class Progress:
     elif scalars is not None:
       rate = scalars.get("steps_per_sec", float("nan"))
       eta = (self._total - step) / rate if rate and rate > 0 else float("nan")
-      logging.info("step %d/%d  loss %.5g  %.1f steps/s  ETA %s", step, self._total,
+      logging.info("step %d/%d  loss %.5g  %.3g steps/s  ETA %s", step, self._total,
                    scalars.get("loss", float("nan")), rate, _duration(eta))
     self._last = step
 

@@ -458,3 +458,13 @@ def test_equal_hit_totals_tie_and_the_earlier_evaluation_stays(tmp_path):
     return metrics
   _train(config, tmp_path, evaluate=evaluate)
   assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [2]
+
+
+def test_the_plain_progress_line_shows_slow_rates_and_their_eta(caplog):
+  """Without a terminal, a log line per logged step: 7 s per step is 0.143 steps/s, not 0.1."""
+  import logging
+  from iiae_jax import observability
+  progress = observability.Progress(total=1000, initial=0, mode="off")
+  with caplog.at_level(logging.INFO):
+    progress.update(100, {"loss": 2.5, "steps_per_sec": 1 / 7})
+  assert "step 100/1000  loss 2.5  0.143 steps/s  ETA 1:45:00" in caplog.text
