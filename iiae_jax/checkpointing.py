@@ -53,6 +53,21 @@ def _options(directory: str, max_to_keep: Optional[int],
       multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix))
 
 
+class _Manager(ocp.CheckpointManager):
+  """An orbax CheckpointManager that leaves JAX's preemption sync point to the trainer.
+
+  Orbax reports each saved step to `multihost_utils.reached_preemption_sync_point`, the
+  counter the trainer reports its compiled calls to (trainer._Preemption): JAX keeps the
+  largest value reported after a SIGTERM, so a save of step 8 moved the stop of a two-process
+  run from the next call to the trainer's ninth call after it (step 40 at 4 steps per call).
+  Our saves are explicit (force=True), so orbax's own preemption-step saving is not used.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpoints:
   """Saves and restores (state, meta) pairs under one directory."""
 
@@ -60,8 +75,8 @@ class Checkpoints:
     """Keeps the newest `max_to_keep` checkpoints, and every one whose step is a multiple of
     `keep_period`."""
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(self.directory,
-                                          options=_options(self.directory, max_to_keep, keep_period))
+    self._manager = _Manager(self.directory,
+                             options=_options(self.directory, max_to_keep, keep_period))
 
   def steps(self):
     return sorted(self._manager.all_steps())
