@@ -7,7 +7,7 @@ i // (B / (P*D)). Every random draw is keyed by the global example index, so a
 run's results do not depend on P or D.
 """
 import logging
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,17 @@ def any_process(flag: bool) -> bool:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def raise_together(error: Optional[BaseException], elsewhere: BaseException,
+                   before_raising: Optional[Callable[[], None]] = None) -> None:
+  """A collective: when `error` is set on any process, every process raises (its own `error`, or
+  `elsewhere` where it has none), after calling `before_raising`; none goes on to wait in a
+  later collective for a process that has stopped. Nothing happens when no process has one."""
+  if any_process(error is not None):
+    if before_raising is not None:
+      before_raising()
+    raise error if error is not None else elsewhere
 
 
 def main_process_decides(flag: bool) -> bool:

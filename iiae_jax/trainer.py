@@ -392,37 +392,43 @@ def train_and_evaluate(config, workdir: str, *, evaluate: Optional[Callable] = N
         stack.enter_context(WorkdirLock(workdir))
       except WorkdirBusyError as e:
         busy = e
-    if parallel.any_process(busy is not None):  # every process stops, not only process 0
-      raise busy or WorkdirBusyError(f"{workdir} is in use by a running training job (process 0 "
-                                     "could not lock it)")
+    parallel.raise_together(busy, WorkdirBusyError(  # every process stops, not only process 0
+        f"{workdir} is in use by a running training job (process 0 could not lock it)"))
     preemption = stack.enter_context(_Preemption())
     return _train(config, workdir, evaluate, allow_config_change, argv, main, preemption)
 
 
 def _train(config, workdir, evaluate, allow_config_change, argv, main, preemption):
-  model = models.build_model(config.model)
-  train_input = input_pipeline.make_train_input(config)
-  if (model.num_classes and train_input.kind == "zero_shot"
-      and model.num_classes != train_input.num_classes):
-    raise ValueError(f"model.num_classes = {model.num_classes} but the training split has "
-                     f"{train_input.num_classes} classes")
-  optimizer = make_optimizer(config.optimizer)
-  weights = dict(config.loss)
-  objective._weights(weights)  # validates the fields before anything runs
-  num_steps = total_steps(config, train_input)
-  t = config.training
-  k = max(1, int(t.get("steps_per_call", 1)))
-  log_every, ckpt_every = int(t.log_every), int(t.checkpoint_every)
-  # Checkpoints at multiples of keep_every steps are never deleted (SPEC §4 Cars: every 50 epochs).
-  keep_every = int(t.get("keep_every_epochs", 0)) * train_input.steps_per_epoch
-  eval_every, select_from = evaluation_schedule(t, train_input.steps_per_epoch)
-  if select_from > num_steps:
-    raise ValueError(f"training.select_from_epoch = {t.select_from_epoch} starts model selection at "
-                     f"step {select_from}, after the last step ({num_steps}): no checkpoint could be "
-                     f"kept as the best")
+  error = None
+  try:
+    model = models.build_model(config.model)
+    train_input = input_pipeline.make_train_input(config)
+    if (model.num_classes and train_input.kind == "zero_shot"
+        and model.num_classes != train_input.num_classes):
+      raise ValueError(f"model.num_classes = {model.num_classes} but the training split has "
+                       f"{train_input.num_classes} classes")
+    optimizer = make_optimizer(config.optimizer)
+    weights = dict(config.loss)
+    objective._weights(weights)  # validates the fields before anything runs
+    num_steps = total_steps(config, train_input)
+    t = config.training
+    k = max(1, int(t.get("steps_per_call", 1)))
+    log_every, ckpt_every = int(t.log_every), int(t.checkpoint_every)
+    # Checkpoints at multiples of keep_every steps are never deleted (SPEC §4 Cars: every 50 epochs).
+    keep_every = int(t.get("keep_every_epochs", 0)) * train_input.steps_per_epoch
+    eval_every, select_from = evaluation_schedule(t, train_input.steps_per_epoch)
+    if select_from > num_steps:
+      raise ValueError(f"training.select_from_epoch = {t.select_from_epoch} starts model selection at "
+                       f"step {select_from}, after the last step ({num_steps}): no checkpoint could be "
+                       f"kept as the best")
 
-  if evaluate is not None and hasattr(evaluate, "prepare"):
-    evaluate.prepare()
+    if evaluate is not None and hasattr(evaluate, "prepare"):
+      evaluate.prepare()
+  except Exception as e:  # pylint: disable=broad-except  # raised below, on every process
+    error = e
+  # A split missing on one host stops every process now, not after a shutdown timeout.
+  parallel.raise_together(error, RuntimeError("the run's start-up (data, model, evaluation splits) "
+                                              "failed on another process (see its log)"))
 
   x_shape, y_shape = models.input_shapes(config.model)
   state = create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
@@ -489,12 +495,13 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
       metrics = evaluate(model, host.variables, step)
     except Exception as e:  # pylint: disable=broad-except  # re-raised below, after the others agree
       error = e
-    if parallel.any_process(error is not None):
-      save(step, force=True, evaluation_pending=True)  # the trained state outlives the evaluation
-      if error is not None:
-        raise error
-      raise RuntimeError(f"the evaluation at step {step} failed on another process (see its log); "
-                         "rerun the same command to resume and evaluate again")
+
+    def keep_state():  # the trained state outlives the evaluation
+      if step not in checkpoints.steps():  # else a resumed run's pending evaluation failed again
+        save(step, force=True, evaluation_pending=True)
+    parallel.raise_together(error, RuntimeError(
+        f"the evaluation at step {step} failed on another process (see its log); rerun the same "
+        "command to resume and evaluate again"), before_raising=keep_state)
     previous = best_score
     best_score = _record_evaluation(metrics, host, step, writer, best if step >= select_from else None,
                                     best_score, flat_config)

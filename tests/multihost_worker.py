@@ -6,7 +6,8 @@ With NUM_PROCESSES == 1 it is the single-process reference (devices from XLA_FLA
 HEARTBEAT_TIMEOUT_S sets config.distributed.heartbeat_timeout_seconds, for the
 tests that kill one of the processes. FAIL_EVAL_AT > 0 evaluates every 2 steps,
 with scores that differ between the processes (process 0's should decide which
-checkpoint is kept as the best), and makes process 1's evaluation raise at that step.
+checkpoint is kept as the best), and makes process 1's evaluation raise at that step;
+FAIL_EVAL_AT == -1 makes process 1's evaluation fail to load its data, before the first step.
 
 usage: multihost_worker.py --two-managers PROCESS_ID NUM_PROCESSES PORT DIRECTORY ROUNDS
 saves ROUNDS steps into two checkpoint managers at once (the trainer's checkpoints/ and best/).
@@ -39,6 +40,10 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
       score = step / 10 if pid == 0 else 0.0
       return {"pr/shared_x_to_y": score, "pr/shared_y_to_x": score,
               "pr/exclusive_x_to_y_hits": 0, "pr/exclusive_y_to_x_hits": 0}
+  if fail_eval_at == -1 and pid == 1:
+    def prepare():
+      raise FileNotFoundError("process 1 cannot read its evaluation split")
+    evaluate.prepare = prepare
   state = trainer.train_and_evaluate(config, workdir, evaluate=evaluate)
   if pid == 0:
     np.savez(out, **flat_leaves(state.variables))

@@ -85,6 +85,18 @@ def test_an_evaluation_failing_on_one_process_stops_both_with_the_state_saved(tm
   assert best.steps() == [2] and best.read_meta(2)["score"] == 0.4
 
 
+def test_a_start_up_failing_on_one_process_stops_both_at_once(tmp_path):
+  """Process 1 cannot load its evaluation split: both stop before the first step, each saying
+  why (before, process 0 waited in a collective until process 1's exit timed out, 300 s)."""
+  workers = _start_workers(tmp_path / "run", "6", "30", "-1")
+  outputs = _outputs(workers, 120)
+  assert all(w.returncode not in (0, None) for w in workers), outputs
+  assert "FileNotFoundError: process 1 cannot read its evaluation split" in outputs[1], outputs[1][-3000:]
+  assert "start-up (data, model, evaluation splits) failed on another process" in outputs[0], \
+      outputs[0][-3000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_busy_workdir_stops_both_processes(tmp_path):
   """Only process 0 takes the workdir's lock; when it cannot, the other process stops too
   (instead of waiting in a collective until the heartbeat timeout)."""

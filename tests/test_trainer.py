@@ -246,6 +246,10 @@ def test_a_failing_evaluation_keeps_the_state_it_evaluated(tmp_path):
   with pytest.raises(RuntimeError, match="evaluation broke at step 4"):
     _train(config, tmp_path, evaluate=failing)
   assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [4]
+  # Failing again on the rerun (step 4 is already saved): the evaluation's own error, not orbax's.
+  with pytest.raises(RuntimeError, match="evaluation broke at step 4"):
+    _train(config, tmp_path, evaluate=failing)
+  assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [4]
   evaluated = []
   record = lambda model, variables, step: evaluated.append(step) or {}
   _train(config, tmp_path, evaluate=record)
