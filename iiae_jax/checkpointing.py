@@ -7,8 +7,8 @@ state, metrics). Orbax writes a checkpoint into a temporary folder
 mid-write never leaves a checkpoint that looks finished. On restore, a damaged
 checkpoint (a truncated or missing file, or an array whose CRC-32 no longer
 matches the one recorded at save time: OCDBT itself does not notice flipped
-bits) is skipped with a warning, and one whose arrays do not have the target's
-shapes is refused.
+bits) is skipped with a warning (by every process, when any of them reads it
+damaged), and one whose arrays do not have the target's shapes is refused.
 """
 import logging
 import os
@@ -106,7 +106,7 @@ class Checkpoints:
   def read_meta(self, step: Optional[int] = None) -> Dict[str, Any]:
     """The JSON record of checkpoint `step`; without `step`, of the newest whose record reads."""
     if step is not None:
-      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      meta = self._read(step)[1]
       return {k: v for k, v in meta.items() if k != CHECKSUMS_KEY}
     errors = []
     for candidate in reversed(self.steps()):
@@ -139,6 +139,7 @@ class Checkpoints:
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     candidates = [step] if step is not None else list(reversed(self.steps()))
+    _same_on_every_process(candidates, self.directory)
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     errors, damaged = [], []
@@ -149,27 +150,42 @@ class Checkpoints:
         raise ConfigMismatchError(
             f"checkpoint {candidate} in {self.directory} does not fit: its arrays differ from the "
             f"model's and optimizer's (it was written for another config):\n{describe_mismatches(mismatched)}")
+      message = None
       try:
-        restored = self._manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        meta = dict(restored["meta"])
-        _verify_checksums(restored["state"], meta.pop(CHECKSUMS_KEY, {}))
+        state, meta = self._read(candidate, abstract)
+        meta = dict(meta)
+        _verify_checksums(state, meta.pop(CHECKSUMS_KEY, {}))
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
         _quiet_late_read_callbacks()
+      # In step on every process: a checkpoint damaged for one is skipped by all.
+      if parallel.any_process(message is not None):
+        message = message or f"checkpoint {candidate} in {self.directory} could not be restored on another process"
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
         damaged.append(candidate)
         continue
       if errors:
         logging.warning("restored checkpoint %d after skipping damaged ones: %s", candidate, damaged)
-      if set_aside_damaged:
-        _same_on_every_process(candidate, self.directory)
-        if parallel.any_process(bool(damaged)):  # every process takes part, or none
-          self._set_aside(damaged)
-      return restored["state"], meta, candidate
+      if set_aside_damaged and damaged:
+        self._set_aside(damaged)
+      return state, meta, candidate
     raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors) +
                           f"\nMove {self.directory} away (or use another --workdir) to start afresh.")
+
+  def _read(self, step: int, abstract: Any = None) -> Tuple[Any, Dict[str, Any]]:
+    """(state or None, record) of checkpoint `step`, read through orbax's handlers: unlike the
+    manager's restore, no cross-process barrier, so processes whose reads fail differently (a
+    damaged file on one host) do not pair up unrelated collectives."""
+    path = epath.Path(self.directory, str(step))
+    meta = ocp.JsonCheckpointHandler().restore(path / "meta", args=ocp.args.JsonRestore())
+    if abstract is None:
+      return None, meta
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.restore(path / "state", args=ocp.args.StandardRestore(abstract)), meta
+    finally:
+      handler.close()
 
   def _stored_shapes(self, step: int) -> Optional[Dict[str, Tuple[int, ...]]]:
     """{array path: shape} of the state saved at `step`, from its metadata; None if unreadable."""
@@ -219,16 +235,16 @@ def _quiet_late_read_callbacks() -> None:
   sys.unraisablehook = hook
 
 
-def _same_on_every_process(step: int, directory: str) -> None:
-  """Raises CheckpointError unless every process restored checkpoint `step`."""
+def _same_on_every_process(steps: List[int], directory: str) -> None:
+  """Raises CheckpointError (on every process) unless every process lists the same `steps`."""
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  steps = np.asarray(multihost_utils.process_allgather(np.asarray(step))).reshape(-1).tolist()
-  if len(set(steps)) > 1:
-    raise CheckpointError(f"the processes restored different checkpoints of {directory} (steps {steps}, "
-                          "by process): some of them read damaged files that others read whole; "
-                          "check that every host sees the same files")
+  listed = np.asarray(multihost_utils.process_allgather(
+      np.asarray(zlib.crc32(repr(list(steps)).encode()), np.int64))).reshape(-1).tolist()
+  if len(set(listed)) > 1:
+    raise CheckpointError(f"the processes list different checkpoints in {directory} (this one: "
+                          f"{sorted(steps)}): check that every host sees the same files")
 
 
 def write_atomically(path: str, text: str) -> None:

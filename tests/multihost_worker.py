@@ -11,6 +11,9 @@ FAIL_EVAL_AT == -1 makes process 1's evaluation fail to load its data, before th
 
 usage: multihost_worker.py --two-managers PROCESS_ID NUM_PROCESSES PORT DIRECTORY ROUNDS
 saves ROUNDS steps into two checkpoint managers at once (the trainer's checkpoints/ and best/).
+
+usage: multihost_worker.py --damaged-on-one PROCESS_ID NUM_PROCESSES PORT DIRECTORY
+saves steps 1-3, then restores the newest with process 1 reading step 3 as damaged.
 """
 import sys
 import time
@@ -51,13 +54,18 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
         f"step {int(state.step)}", flush=True)
 
 
-def two_managers(pid, nproc, port, directory, rounds):
+def _initialize(pid, nproc, port):
   import ml_collections
-  import numpy as np
-  from iiae_jax import checkpointing, parallel
+  from iiae_jax import parallel
   parallel.initialize(ml_collections.ConfigDict(dict(
       enabled=True, coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
       heartbeat_timeout_seconds=30)))
+
+
+def two_managers(pid, nproc, port, directory, rounds):
+  import numpy as np
+  from iiae_jax import checkpointing
+  _initialize(pid, nproc, port)
   if pid == 1:  # a loaded peer: its background threads finish each save late
     import orbax.checkpoint as ocp
     finalize = ocp.CheckpointManager._finalize  # pylint: disable=protected-access
@@ -76,9 +84,33 @@ def two_managers(pid, nproc, port, directory, rounds):
   print(f"process {pid}: saved {rounds} steps into both", flush=True)
 
 
+def damaged_on_one(pid, nproc, port, directory):
+  import numpy as np
+  from iiae_jax import checkpointing
+  _initialize(pid, nproc, port)
+  checkpoints = checkpointing.Checkpoints(directory, max_to_keep=None)
+  for step in (1, 2, 3):
+    checkpoints.save(step, {"w": np.full(1000, step, np.float32)}, {"step": step}, force=True)
+  checkpoints.wait()
+  if pid == 1:  # a flipped bit that only this host reads (its copy of a file differs)
+    verify = checkpointing._verify_checksums  # pylint: disable=protected-access
+
+    def damaged_newest(state, recorded):
+      if float(np.asarray(state["w"])[0]) == 3:
+        raise checkpointing.ChecksumError("process 1 reads step 3 with a flipped bit")
+      return verify(state, recorded)
+    checkpointing._verify_checksums = damaged_newest  # pylint: disable=protected-access
+  state, _, step = checkpoints.restore({"w": np.zeros(1000, np.float32)}, set_aside_damaged=True)
+  checkpoints.close()
+  print(f"process {pid}: restored step {step} holding {float(np.asarray(state['w'])[0])}", flush=True)
+
+
 if __name__ == "__main__":
   a = sys.argv[1:]
   if a[0] == "--two-managers":
     two_managers(int(a[1]), int(a[2]), a[3], a[4], int(a[5]))
+    sys.exit()
+  if a[0] == "--damaged-on-one":
+    damaged_on_one(int(a[1]), int(a[2]), a[3], a[4])
     sys.exit()
   main(int(a[0]), int(a[1]), a[2], a[3], a[4], *(int(v) for v in a[5:]))

@@ -123,3 +123,16 @@ def test_two_checkpoint_managers_save_side_by_side_on_two_processes(tmp_path):
   assert checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps() == [5, 6]
   best = checkpointing.Checkpoints(str(tmp_path / "best"))
   assert best.steps() == [6] and best.read_meta(6)["score"] == 6
+
+
+def test_a_checkpoint_damaged_for_one_process_is_skipped_by_both(tmp_path):
+  """Process 1 reads the newest checkpoint as damaged, process 0 whole: both restore the one
+  before it and set the newest aside (before, their restores' barriers paired with unrelated
+  collectives: a CheckpointError on one process, a wait on the other)."""
+  workers = _spawn(lambda i, port: ["--damaged-on-one", i, "2", port, str(tmp_path / "checkpoints")])
+  outputs = _outputs(workers, 120)
+  for i, (w, out) in enumerate(zip(workers, outputs)):
+    assert w.returncode == 0 and f"process {i}: restored step 2 holding 2.0" in out, out[-3000:]
+  assert "could not be restored: ChecksumError: process 1 reads step 3" in outputs[1]
+  assert "checkpoint 3 in" in outputs[0] and "could not be restored on another process" in outputs[0]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3.damaged"]
