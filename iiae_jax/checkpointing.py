@@ -143,6 +143,7 @@ class Checkpoints:
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     errors, damaged = [], []
+    _quiet_late_read_callbacks()  # before reading: a failed read's leftovers may complete at once
     for candidate in candidates:
       stored = self._stored_shapes(candidate)  # None when its metadata cannot be read (damaged)
       mismatched = stored is not None and _mismatches(stored, named_shapes(abstract))
@@ -157,7 +158,6 @@ class Checkpoints:
         _verify_checksums(state, meta.pop(CHECKSUMS_KEY, {}))
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
-        _quiet_late_read_callbacks()
       # In step on every process: a checkpoint damaged for one is skipped by all.
       if parallel.any_process(message is not None):
         message = message or f"checkpoint {candidate} in {self.directory} could not be restored on another process"

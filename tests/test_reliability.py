@@ -618,6 +618,8 @@ def test_a_failed_restore_does_not_print_its_leftover_reads_errors(tmp_path, mon
   checkpoints.close()
   with open(_largest_data_file(str(tmp_path / "2")), "r+b") as f:
     f.truncate(50)
+  time.sleep(1.0)                                   # an earlier test's leftover reads complete
+  gc.collect()
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(str(unraisable.exc_value)))
   checkpoints = checkpointing.Checkpoints(str(tmp_path), max_to_keep=None)
