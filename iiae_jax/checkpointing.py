@@ -81,6 +81,13 @@ class Checkpoints:
   def steps(self):
     return sorted(self._manager.all_steps())
 
+  def agreed_steps(self) -> List[int]:
+    """`steps()`, the same on every process (a collective): where a host sees other files, every
+    process raises CheckpointError, instead of some resuming while others start afresh."""
+    steps = self.steps()
+    _same_on_every_process(steps, self.directory)
+    return steps
+
   def latest_step(self) -> Optional[int]:
     steps = self.steps()
     return steps[-1] if steps else None
@@ -160,7 +167,8 @@ class Checkpoints:
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
       # In step on every process: a checkpoint damaged for one is skipped by all.
       if parallel.any_process(message is not None):
-        message = message or f"checkpoint {candidate} in {self.directory} could not be restored on another process"
+        message = message or (f"checkpoint {candidate} in {self.directory} could not be restored on "
+                              "another process")
         warnings.warn(message + ("; trying an older one" if candidate != candidates[-1] else ""))
         errors.append(message)
         damaged.append(candidate)

@@ -438,7 +438,7 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
   best_dir = os.path.join(workdir, "best")
   best = checkpointing.Checkpoints(best_dir, 1) if evaluate else None
   best_score, meta = None, {}
-  if checkpoints.latest_step() is not None:
+  if checkpoints.agreed_steps():  # every process resumes, or none
     saved = checkpoints.read_meta().get("config", {})  # the newest readable record
     refuse_other_config(saved, flat_config, workdir, allow_config_change)
     # A damaged newest checkpoint is skipped (and set aside) for the newest valid one.
@@ -447,7 +447,7 @@ def _train(config, workdir, evaluate, allow_config_change, argv, main, preemptio
     best_score = meta.get("best_score")
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
   start = int(state.step)
-  if best is not None and best.latest_step() is not None:
+  if best is not None and best.agreed_steps():
     best_score, other_config = _kept_best_score(best, flat_config, allow_config_change, best_score)
     if other_config:  # allowed to change: the new config's evaluations compete afresh
       best.close()

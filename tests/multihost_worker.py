@@ -14,6 +14,9 @@ saves ROUNDS steps into two checkpoint managers at once (the trainer's checkpoin
 
 usage: multihost_worker.py --damaged-on-one PROCESS_ID NUM_PROCESSES PORT DIRECTORY
 saves steps 1-3, then restores the newest with process 1 reading step 3 as damaged.
+
+usage: multihost_worker.py --unseen-on-one PROCESS_ID NUM_PROCESSES PORT WORKDIR
+trains 2 steps, then trains on with process 1 not seeing the checkpoints.
 """
 import sys
 import time
@@ -105,10 +108,21 @@ def damaged_on_one(pid, nproc, port, directory):
   print(f"process {pid}: restored step {step} holding {float(np.asarray(state['w'])[0])}", flush=True)
 
 
+def unseen_on_one(pid, nproc, port, workdir):
+  from iiae_jax import checkpointing
+  main(pid, nproc, port, workdir, f"{workdir}.npz", 2)
+  if pid == 1:  # its host does not see the files (a stale network-filesystem listing)
+    checkpointing.Checkpoints.steps = lambda self: []
+  main(pid, nproc, port, workdir, f"{workdir}.npz", 4)
+
+
 if __name__ == "__main__":
   a = sys.argv[1:]
   if a[0] == "--two-managers":
     two_managers(int(a[1]), int(a[2]), a[3], a[4], int(a[5]))
+    sys.exit()
+  if a[0] == "--unseen-on-one":
+    unseen_on_one(int(a[1]), int(a[2]), a[3], a[4])
     sys.exit()
   if a[0] == "--damaged-on-one":
     damaged_on_one(int(a[1]), int(a[2]), a[3], a[4])

@@ -136,3 +136,15 @@ def test_a_checkpoint_damaged_for_one_process_is_skipped_by_both(tmp_path):
   assert "could not be restored: ChecksumError: process 1 reads step 3" in outputs[1]
   assert "checkpoint 3 in" in outputs[0] and "could not be restored on another process" in outputs[0]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3.damaged"]
+
+
+def test_a_process_that_does_not_see_the_checkpoints_stops_both(tmp_path):
+  """Resuming, process 1 lists no checkpoint (its host sees other files): both stop with an
+  error naming the folder, instead of one restoring while the other starts afresh (a hang)."""
+  workers = _spawn(lambda i, port: ["--unseen-on-one", i, "2", port, str(tmp_path / "run")])
+  outputs = _outputs(workers, 150)
+  assert all(w.returncode not in (0, None) for w in workers), outputs
+  for out in outputs:
+    assert "step 2" in out, out[-3000:]                      # the first run finished on both
+    assert f"CheckpointError: the processes list different checkpoints in {tmp_path / 'run'}" in out, \
+        out[-3000:]
