@@ -113,7 +113,7 @@ class Checkpoints:
   def read_meta(self, step: Optional[int] = None) -> Dict[str, Any]:
     """The JSON record of checkpoint `step`; without `step`, of the newest whose record reads."""
     if step is not None:
-      meta = self._read(step)[1]
+      meta = self._read_meta(step)
       return {k: v for k, v in meta.items() if k != CHECKSUMS_KEY}
     errors = []
     for candidate in reversed(self.steps()):
@@ -160,8 +160,7 @@ class Checkpoints:
             f"model's and optimizer's (it was written for another config):\n{describe_mismatches(mismatched)}")
       message = None
       try:
-        state, meta = self._read(candidate, abstract)
-        meta = dict(meta)
+        state, meta = self._read_state(candidate, abstract), dict(self._read_meta(candidate))
         _verify_checksums(state, meta.pop(CHECKSUMS_KEY, {}))
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for damaged files
         message = f"checkpoint {candidate} in {self.directory} could not be restored: {_summary(e)}"
@@ -181,17 +180,17 @@ class Checkpoints:
     raise CheckpointError("no usable checkpoint:\n" + "\n".join(errors) +
                           f"\nMove {self.directory} away (or use another --workdir) to start afresh.")
 
-  def _read(self, step: int, abstract: Any = None) -> Tuple[Any, Dict[str, Any]]:
-    """(state or None, record) of checkpoint `step`, read through orbax's handlers: unlike the
-    manager's restore, no cross-process barrier, so processes whose reads fail differently (a
-    damaged file on one host) do not pair up unrelated collectives."""
-    path = epath.Path(self.directory, str(step))
-    meta = ocp.JsonCheckpointHandler().restore(path / "meta", args=ocp.args.JsonRestore())
-    if abstract is None:
-      return None, meta
+  # Both read through orbax's handlers: unlike the manager's restore, no cross-process barrier, so
+  # processes whose reads fail differently (a damaged file on one host) stay in step.
+  def _read_meta(self, step: int) -> Dict[str, Any]:
+    return ocp.JsonCheckpointHandler().restore(epath.Path(self.directory, str(step), "meta"),
+                                               args=ocp.args.JsonRestore())
+
+  def _read_state(self, step: int, abstract: Any) -> Any:
     handler = ocp.StandardCheckpointHandler()
     try:
-      return handler.restore(path / "state", args=ocp.args.StandardRestore(abstract)), meta
+      return handler.restore(epath.Path(self.directory, str(step), "state"),
+                             args=ocp.args.StandardRestore(abstract))
     finally:
       handler.close()
 

@@ -116,15 +116,13 @@ def unseen_on_one(pid, nproc, port, workdir):
   main(pid, nproc, port, workdir, f"{workdir}.npz", 4)
 
 
+MODES = {"--two-managers": two_managers, "--damaged-on-one": damaged_on_one,
+         "--unseen-on-one": unseen_on_one}
+
+
 if __name__ == "__main__":
   a = sys.argv[1:]
-  if a[0] == "--two-managers":
-    two_managers(int(a[1]), int(a[2]), a[3], a[4], int(a[5]))
-    sys.exit()
-  if a[0] == "--unseen-on-one":
-    unseen_on_one(int(a[1]), int(a[2]), a[3], a[4])
-    sys.exit()
-  if a[0] == "--damaged-on-one":
-    damaged_on_one(int(a[1]), int(a[2]), a[3], a[4])
-    sys.exit()
-  main(int(a[0]), int(a[1]), a[2], a[3], a[4], *(int(v) for v in a[5:]))
+  if a[0] in MODES:  # MODE PROCESS_ID NUM_PROCESSES PORT DIRECTORY [INTEGERS]
+    MODES[a[0]](int(a[1]), int(a[2]), a[3], a[4], *(int(v) for v in a[5:]))
+  else:
+    main(int(a[0]), int(a[1]), a[2], a[3], a[4], *(int(v) for v in a[5:]))
