@@ -7,10 +7,10 @@ Runs every evaluator of config.evals on its split (test by default) and writes
 results.json, index.html and the image grids. Use the same --config (and
 --config.* overrides) as for training.
 """
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from iiae_jax import cli, evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -22,18 +22,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from iiae_jax import checkpointing, config_validation, evaluation
-  from iiae_jax.data import DatasetNotFoundError
-  config_name = config_flags.get_config_filename(flags.FLAGS["config"])
-  try:
-    evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value,
-                                   config_name=config_name)
-  except (checkpointing.CheckpointError, config_validation.ConfigError, DatasetNotFoundError,
-          evaluation.UsageError) as e:
-    print(f"eval.py: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OUT.value,
+                               config_name=config_flags.get_config_filename(flags.FLAGS["config"]))
 
 
 if __name__ == "__main__":
-  from iiae_jax.config_validation import parse_command_line
-  app.run(main, flags_parser=parse_command_line)
+  cli.run(main)

@@ -5,10 +5,10 @@ overridden on the command line, e.g. --config.optimizer.learning_rate=1e-4.
 """
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from iiae_jax import observability, trainer
+from iiae_jax import cli, evaluation, observability, run_config, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -21,20 +21,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   observability.quiet_library_logs()
-  from iiae_jax import checkpointing, config_validation, evaluation
-  from iiae_jax.data import DatasetFormatError, DatasetNotFoundError
-  config = _CONFIG.value
-  try:
-    trainer.train_and_evaluate(config, _WORKDIR.value,
-                               evaluate=evaluation.training_evaluator(config, _WORKDIR.value),
-                               allow_config_change=_ALLOW_CONFIG_CHANGE.value, argv=sys.argv)
-  except (checkpointing.CheckpointError, config_validation.ConfigError, DatasetNotFoundError,
-          DatasetFormatError, trainer.NumericalFault, trainer.WorkdirBusyError) as e:
-    # What the user can act on, without a traceback (other errors keep theirs).
-    print(f"train.py: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  run = run_config.parse(_CONFIG.value)  # every bad field at once, before anything loads
+  trainer.train_and_evaluate(run, _WORKDIR.value,
+                             evaluations=evaluation.EvaluationSuite.for_training(run, _WORKDIR.value),
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value, argv=sys.argv)
 
 
 if __name__ == "__main__":
-  from iiae_jax.config_validation import parse_command_line
-  app.run(main, flags_parser=parse_command_line)
+  cli.run(main)

@@ -8,7 +8,7 @@ of --repeats runs of --n calls):
   forward          the loss alone (training mode)
   forward+backward value_and_grad of the loss
   optimiser        the Adam update alone, on one flat vector and per array
-  train step       trainer.train_step (all of the above + fault checks)
+  train step       train_state.train_step (all of the above + fault checks)
   train call       the trainer's pmapped call with the host's per-call work
 
 Then (XLA:CPU only; --trace_calls=0 skips it) an XLA profile of the trainer's
@@ -30,7 +30,7 @@ import optax  # noqa: E402
 
 from benchmarks import step_trace  # noqa: E402
 from benchmarks.train_throughput import make_config, make_input  # noqa: E402
-from iiae_jax import models, objective, parallel, trainer  # noqa: E402
+from iiae_jax import models, objective, parallel, train_state  # noqa: E402
 
 
 def time_calls(fn, *args, n=50, repeats=5):
@@ -57,7 +57,7 @@ def main():
   config = make_config(args.model, 1, "float32")
   model = models.build_model(config.model)
   train_input = make_input(config, args.model)
-  weights = dict(config.loss)
+  weights = config.loss
   x_shape, y_shape = models.input_shapes(config.model)
   b = train_input.global_batch
   x = jax.random.normal(jax.random.key(1), (b,) + x_shape)
@@ -84,10 +84,10 @@ def main():
     carry = (jax.tree.map(jnp.copy, variables["params"]), tx.init(variables["params"]))
     label = "one flat vector" if flat else "per array"
     t[f"optimiser ({label})"] = time_chain(jax.jit(update, donate_argnums=0), carry, args)
-  optimizer = trainer.make_optimizer(config.optimizer)
-  state = trainer.create_train_state(config, model, optimizer, x[:1], y[:1])
-  call = trainer.make_train_call(model, optimizer, weights, train_input)
-  step = jax.jit(lambda s: trainer.train_step(s, (x, y, labels), model=model, optimizer=optimizer,
+  optimizer = train_state.make_optimizer(config.optimizer)
+  state = train_state.create_train_state(config.seed, model, optimizer)
+  call = train_state.make_train_call(model, optimizer, weights, train_input)
+  step = jax.jit(lambda s: train_state.train_step(s, (x, y, labels), model=model, optimizer=optimizer,
                                               weights=weights)[0], donate_argnums=0,
                  compiler_options=call.compiler_options)
   t["train step (jit)"] = time_chain(step, jax.tree.map(jnp.copy, state), args)

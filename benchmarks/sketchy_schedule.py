@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from configs import sketchy  # noqa: E402
-from iiae_jax import input_pipeline, observability, trainer  # noqa: E402
+from iiae_jax import input_pipeline, observability, run_config, schedule, trainer  # noqa: E402
 
 
 def main():
@@ -53,7 +53,8 @@ def main():
   # Steady state: between the first and the last log record (compilation excluded).
   first, last = logged[0], logged[-1]
   steady = (last["step"] - first["step"]) / (last["time"] - first["time"])
-  expected = trainer.total_steps(config, input_pipeline.make_train_input(config))
+  expected = schedule.total_steps(run_config.parse(config).training,
+                                  input_pipeline.make_train_input(config).steps_per_epoch)
   if steps != expected:  # stopped by SIGTERM (e.g. a `timeout`): not the schedule's time
     print(f"sketchy schedule: STOPPED EARLY at step {steps} of {expected} after {wall:.1f} s wall; "
           f"{steady:.1f} steps/s after the first log")

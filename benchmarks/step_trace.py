@@ -28,7 +28,7 @@ import tempfile
 from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 # Parts of a training step, by the name scope of the op (first match wins).
-# `trainer.train_step` opens the scopes named here.
+# `train_state.train_step` opens the scopes named here.
 PARTS = (
     ("input batch", ("input_batch",)),
     ("optimiser update", ("optimizer_update",)),

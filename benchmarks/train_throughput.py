@@ -24,10 +24,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from iiae_jax import input_pipeline, models, parallel, trainer  # noqa: E402
+from iiae_jax import input_pipeline, models, parallel, train_state  # noqa: E402
 from iiae_jax.data import PairedData  # noqa: E402
 
 # Dense tensor-core peaks (TFLOP/s) of one device, by device kind: (float32 as TF32, bfloat16),
@@ -59,11 +58,9 @@ def measure(name, steps, steps_per_call, dtype):
   config = make_config(name, steps_per_call, dtype)
   model = models.build_model(config.model)
   train_input = make_input(config, name)
-  optimizer = trainer.make_optimizer(config.optimizer)
-  x_shape, y_shape = models.input_shapes(config.model)
-  state = trainer.create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape),
-                                     jnp.zeros((1,) + y_shape))
-  call = trainer.make_train_call(model, optimizer, dict(config.loss), train_input)
+  optimizer = train_state.make_optimizer(config.optimizer)
+  state = train_state.create_train_state(config.seed, model, optimizer)
+  call = train_state.make_train_call(model, optimizer, config.loss, train_input)
   resident = parallel.replicate(train_input.resident())
   replicated = parallel.replicate(state)
   k = steps_per_call

@@ -1,21 +1,18 @@
-"""3D car renderings, 256x256, flat shared latent (SPEC §3c, §4, §5c).
+"""3D car renderings, 256x256, flat shared latent (docs/method.md §3c, §4, §5c).
 
   python train.py --config=configs/cars.py --workdir=runs/cars
   python eval.py  --config=configs/cars.py --workdir=runs/cars [--checkpoint=STEP]
 
 Needs the car_NNN_mesh.mat files under data/cars (see README). Batch 8, 500
 epochs (the reference's 1,012,000 steps at its 2,024 steps per epoch; cars
-1-191 give 2,196) with a checkpoint kept every 50 epochs (SPEC §4; no
+1-191 give 2,196) with a checkpoint kept every 50 epochs (docs/method.md §4; no
 retrieval to select on). Runtime: meant for a GPU (no timing
 recorded yet). Expected: qualitative, as in the paper: translation and analogy
 grids of the test cars (192-199), z_s carrying the car and Y's exclusive code
 its viewpoint.
 """
-from configs import common
+from iiae_jax import recipes
 
 
 def get_config():
-  config = common.image_recipe("cars", "flat", beta=0.02, recon_weight=1000.0,
-                               annealing_rate=100.0, evals=("translation_grid",), num_epochs=500)
-  config.training.keep_every_epochs = 50
-  return config
+  return recipes.cars()

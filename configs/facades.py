@@ -1,4 +1,4 @@
-"""pix2pix Facades, 256x256, spatial shared latent (SPEC §3b, §4, §5b).
+"""pix2pix Facades, 256x256, spatial shared latent (docs/method.md §3b, §4, §5b).
 
   python train.py --config=configs/facades.py --workdir=runs/facades
   python eval.py  --config=configs/facades.py --workdir=runs/facades --checkpoint=best
@@ -10,10 +10,8 @@ epoch 299 on. Runtime: meant for a GPU
 (about 7 s per step on a 2-core CPU; no GPU timing recorded yet). Expected
 (paper): shared F->L 96.2%, L->F 99.1% (exclusive 0.94%).
 """
-from configs import common
+from iiae_jax import recipes
 
 
 def get_config():
-  return common.image_recipe("facades", "spatial", beta=0.001, recon_weight=1000.0,
-                             annealing_rate=25000.0, evals=("paired_retrieval",), eval_every=100,
-                             select_from_epoch=299)
+  return recipes.facades()

@@ -1,4 +1,4 @@
-"""pix2pix Maps, 256x256, spatial shared latent (SPEC §3b, §4, §5b).
+"""pix2pix Maps, 256x256, spatial shared latent (docs/method.md §3b, §4, §5b).
 
   python train.py --config=configs/maps.py --workdir=runs/maps
   python eval.py  --config=configs/maps.py --workdir=runs/maps --checkpoint=best
@@ -11,10 +11,8 @@ epoch 399 on. Runtime: meant
 for a GPU (about 7 s per step on a 2-core CPU; no GPU timing recorded yet).
 Expected (paper): shared S->M 96.6%, M->S 97.3% (exclusive 0.09%, 0.0%).
 """
-from configs import common
+from iiae_jax import recipes
 
 
 def get_config():
-  return common.image_recipe("maps", "spatial", beta=0.02, recon_weight=20000.0,
-                             annealing_rate=25000.0, evals=("paired_retrieval",), eval_every=137,
-                             select_from_epoch=399)
+  return recipes.maps()

@@ -1,4 +1,4 @@
-"""MNIST-CDCB paired images, 256x256, spatial shared latent (SPEC §3b, §4, §5b, §5c).
+"""MNIST-CDCB paired images, 256x256, spatial shared latent (docs/method.md §3b, §4, §5b, §5c).
 
   python train.py --config=configs/mnist_cdcb.py --workdir=runs/mnist_cdcb
   python eval.py  --config=configs/mnist_cdcb.py --workdir=runs/mnist_cdcb --checkpoint=best
@@ -10,10 +10,8 @@ on. Runtime: meant for a GPU (about 7 s per step on a
 2-core CPU; no GPU timing recorded yet). Expected (paper): shared paired
 accuracy ~99.7% both ways, exclusive near chance (0.01%).
 """
-from configs import common
+from iiae_jax import recipes
 
 
 def get_config():
-  return common.image_recipe("mnist_cdcb", "spatial", beta=0.2, recon_weight=1000.0,
-                             annealing_rate=25000.0, evals=("paired_retrieval", "translation_grid"),
-                             eval_every=5000, select_from_epoch=6)
+  return recipes.mnist_cdcb()

@@ -21,21 +21,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from iiae_jax import parallel
+from iiae_jax.errors import CheckpointError, ConfigMismatchError
+from iiae_jax.files import unused_path
 
 # Suffix of a damaged checkpoint's folder once set aside (orbax ignores such names).
 DAMAGED_SUFFIX = ".damaged"
 # Key of the per-array checksums in the JSON record (removed from what callers get back).
 CHECKSUMS_KEY = "array_crc32"
-
-
-class CheckpointError(RuntimeError):
-  """No usable checkpoint, or one that does not fit the current config."""
-
-
-class ConfigMismatchError(CheckpointError):
-  """A checkpoint whose arrays do not fit the model of the current config."""
 
 
 class ChecksumError(ValueError):
@@ -213,7 +208,6 @@ class Checkpoints:
         os.rename(source, target)
         warnings.warn(f"damaged checkpoint {step} moved to {target}")
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("iiae_jax.checkpointing.set_aside")
     self._manager.reload()
 
@@ -246,28 +240,11 @@ def _same_on_every_process(steps: List[int], directory: str) -> None:
   """Raises CheckpointError (on every process) unless every process lists the same `steps`."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   listed = np.asarray(multihost_utils.process_allgather(
       np.asarray(zlib.crc32(repr(list(steps)).encode()), np.int64))).reshape(-1).tolist()
   if len(set(listed)) > 1:
     raise CheckpointError(f"the processes list different checkpoints in {directory} (this one: "
                           f"{sorted(steps)}): check that every host sees the same files")
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes `path` whole or not at all (a crash never leaves it half-written)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def unused_path(stem: str, extension: str = "") -> str:
-  """`stem + extension`, or the first free `stem.N + extension` (N = 1, 2, ...): never overwrites."""
-  path, n = stem + extension, 1
-  while os.path.exists(path):
-    path, n = f"{stem}.{n}{extension}", n + 1
-  return path
 
 
 def named_shapes(tree: Any) -> Dict[str, Tuple[int, ...]]:

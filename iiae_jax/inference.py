@@ -46,7 +46,7 @@ def translate(model: IIAE, variables, v, to: str = "y", *, rng: Optional[jax.Arr
       raise ValueError(f"reference has {z_excl.shape[0]} examples; expected 1 or {batch}")
     z_excl = jnp.broadcast_to(z_excl, (batch,) + z_excl.shape[1:])
   elif rng is not None:
-    z_excl = jax.random.normal(rng, (batch, model.exdim), jnp.float32)
+    z_excl = jax.random.normal(rng, (batch, model.exclusive_dim), jnp.float32)
   else:
     raise ValueError("translate needs rng= (random exclusive codes) or reference= (style transfer)")
   return decode(model, variables, z_s, z_excl, to)

@@ -22,26 +22,21 @@ import numpy as np
 
 from iiae_jax import data as data_lib
 from iiae_jax import parallel
+from iiae_jax import run_config
+from iiae_jax.config import ModelConfig
+from iiae_jax.errors import ConfigError
 from iiae_jax.data import sampling
 
 RESIDENT_LIMIT_BYTES = 4 << 30
 
 
-def load_split(config, split: str):
-  """`iiae_jax.data.load` with the config's dataset fields."""
-  d = config.data
-  return data_lib.load(d.name, split, data_dir=d.data_dir or None, source=d.get("source", "files"),
-                       **dict(d.get("options", {})))
-
-
-def check_model_fits_data(config, example_x_shape, example_y_shape, where: str) -> None:
-  from iiae_jax.models import input_shapes
-  x_shape, y_shape = input_shapes(config.model)
+def check_model_fits_data(model: ModelConfig, example_x_shape, example_y_shape, where: str) -> None:
+  x_shape, y_shape = model.input_shapes
   for name, got, want in (("x", example_x_shape, x_shape), ("y", example_y_shape, y_shape)):
     if tuple(got) != tuple(want):
-      field = "model.x_dim/y_dim" if config.model.architecture == "features" else "model.resolution/channels"
-      raise ValueError(f"{where}: domain {name} examples have shape {tuple(got)} but the config "
-                       f"expects {tuple(want)} ({field})")
+      field = "model.x_dim/y_dim" if model.architecture == "features" else "model.resolution/channels"
+      raise ConfigError(f"{where}: domain {name} examples have shape {tuple(got)} but the config "
+                        f"expects {tuple(want)} ({field})")
 
 
 class ZeroShotInput:
@@ -49,13 +44,14 @@ class ZeroShotInput:
   kind = "zero_shot"
 
   def __init__(self, config, data: data_lib.ZeroShotData):
+    run = run_config.parse(config)
     self.num_classes = data.num_classes
-    self.global_batch = int(config.training.batch_size) or self.num_classes
+    self.global_batch = run.training.batch_size or self.num_classes
     if self.global_batch != self.num_classes:
-      raise ValueError(f"training.batch_size = {config.training.batch_size}: a class-balanced batch "
+      raise ConfigError(f"training.batch_size = {run.training.batch_size}: a class-balanced batch "
                        f"holds one pair per training class, so it must be {self.num_classes} "
                        f"(the number of classes in {data.name}/{data.split}) or 0")
-    check_model_fits_data(config, data.sketch.shape[1:], data.photo.shape[1:], f"{data.name}/{data.split}")
+    check_model_fits_data(run.model, data.sketch.shape[1:], data.photo.shape[1:], f"{data.name}/{data.split}")
     self.per_device = parallel.check_batch_size(self.global_batch)
     # Reference epoch: #train sketches // batch steps.
     self.steps_per_epoch = len(data.sketch) // self.global_batch
@@ -86,19 +82,20 @@ class PairedInput:
   kind = "paired"
 
   def __init__(self, config, data: data_lib.PairedData):
-    self.global_batch = int(config.training.batch_size)
+    run = run_config.parse(config)
+    self.global_batch = run.training.batch_size
     self.num_examples = len(data)
     if self.global_batch <= 0 or self.global_batch > self.num_examples:
-      raise ValueError(f"training.batch_size = {self.global_batch} must be in [1, {self.num_examples}] "
+      raise ConfigError(f"training.batch_size = {self.global_batch} must be in [1, {self.num_examples}] "
                        f"(the size of {data.name}/{data.split})")
-    check_model_fits_data(config, data.x.shape[1:], data.y.shape[1:], f"{data.name}/{data.split}")
+    check_model_fits_data(run.model, data.x.shape[1:], data.y.shape[1:], f"{data.name}/{data.split}")
     self.per_device = parallel.check_batch_size(self.global_batch)
     self.steps_per_epoch = sampling.steps_per_epoch(self.num_examples, self.global_batch)
-    self.seed = int(config.seed)
-    self.flip = bool(config.data.get("flip", False))
+    self.seed = run.seed
+    self.flip = run.data.flip
     self.data = data
     nbytes = 4 * int(np.prod(data.x.shape)) + 4 * int(np.prod(data.y.shape))
-    self.is_resident = bool(config.training.get("resident_data", True)) and nbytes <= RESIDENT_LIMIT_BYTES
+    self.is_resident = run.training.resident_data and nbytes <= RESIDENT_LIMIT_BYTES
     if not self.is_resident:
       logging.info("%s/%s (%.1f GB) is read on the host and streamed", data.name, data.split, nbytes / 1e9)
     self._pool = concurrent.futures.ThreadPoolExecutor(1) if not self.is_resident else None
@@ -152,8 +149,9 @@ class PairedInput:
 
 
 def make_train_input(config):
-  """The training input that `config.data` describes."""
-  data = load_split(config, config.data.get("train_split", "train"))
+  """The training input that `config.data` describes (a ConfigDict or a RunConfig)."""
+  run = run_config.parse(config)
+  data = data_lib.load_split(run.data, run.data.train_split)
   if isinstance(data, data_lib.ZeroShotData):
-    return ZeroShotInput(config, data)
-  return PairedInput(config, data)
+    return ZeroShotInput(run, data)
+  return PairedInput(run, data)

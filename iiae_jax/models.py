@@ -11,47 +11,21 @@ not depend on how a batch is split across devices.
 """
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from iiae_jax import distributions as D
+from iiae_jax import layers
+from iiae_jax.config import ModelConfig
 from iiae_jax.distributions import Gaussian
 
-ARCHITECTURES = ("features", "spatial", "flat")
-SHARED_POSTERIORS = ("joint", "poe")
 LEAK = 0.2
 # Salts that separate the random streams drawn from one example key.
 _NOISE_SALT = {"z_x": 1, "z_y": 2, "z_s": 3}
 _DROPOUT_SALT = {"x": 100, "y": 200}
-
-
-def _bn_scale_init(key, shape, dtype=jnp.float32):
-  """Batch-norm scale initialised N(1, 0.02), as in the reference."""
-  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
-
-
-def _flat_draw(draw):
-  """Draws an initial kernel as a flat vector and reshapes it.
-
-  Same distribution; XLA compiles a 1-D threefry draw about 10x faster than a
-  4-D one, which is most of a model's init compile time on CPU.
-  """
-  def init(key, shape, dtype=jnp.float32):
-    return draw(key, (math.prod(shape),), shape, dtype).reshape(shape)
-  return init
-
-
-def _glorot_uniform(key, flat_shape, shape, dtype):
-  fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-  limit = math.sqrt(6.0 / (fan_in + fan_out))
-  return jax.random.uniform(key, flat_shape, dtype, -limit, limit)
-
-
-_dense_init = _flat_draw(_glorot_uniform)   # Glorot-uniform (the reference's dense default)
-_conv_init = _flat_draw(lambda key, flat, shape, dtype: 0.02 * jax.random.normal(key, flat, dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,101 +40,26 @@ class _Ctx:
 def _batch_norm(ctx: _Ctx, name=None) -> nn.BatchNorm:
   # flax: running = momentum * running + (1 - momentum) * batch, as SPEC §3.
   return nn.BatchNorm(use_running_average=not ctx.train, momentum=0.9, epsilon=1e-5,
-                      scale_init=_bn_scale_init, axis_name=ctx.axis_name if ctx.train else None,
+                      scale_init=layers.bn_scale_init, axis_name=ctx.axis_name if ctx.train else None,
                       dtype=ctx.dtype, name=name)
 
 
 def _dense(n, ctx, before_norm=False):
   if before_norm:
-    return PreNorm("dense", n, ctx.dtype)
-  return nn.Dense(n, kernel_init=_dense_init, dtype=ctx.dtype)
+    return layers.PreNorm("dense", n, ctx.dtype)
+  return layers.dense(n, ctx.dtype)
 
 
 def _conv(n, ctx, before_norm=False):
   if before_norm:
-    return PreNorm("conv", n, ctx.dtype)
-  return nn.Conv(n, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_conv_init, dtype=ctx.dtype)
+    return layers.PreNorm("conv", n, ctx.dtype)
+  return layers.conv(n, ctx.dtype)
 
 
 def _conv_transpose(n, ctx, before_norm=False):
   if before_norm:
-    return PreNorm("conv_transpose", n, ctx.dtype)
-  return ConvTranspose(n, dtype=ctx.dtype)
-
-
-# Sub-pixel form of a 4x4, stride-2, "SAME" transposed convolution (flax/lax layout):
-# output row 2m is W[0] x[m-1] + W[2] x[m] and row 2m+1 is W[1] x[m] + W[3] x[m+1]
-# (likewise for columns), so each of the four output phases is a 2x2 stride-1
-# convolution of the input with kernel rows/columns a, a+2 (kernel[a::2]) over
-# input rows m+a-1, m+a (phase 0 reaches back one pixel, phase 1 forward one).
-
-
-class ConvTranspose(nn.Module):
-  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`, computed fast.
-
-  Same parameters (kernel (4, 4, in, out), optional bias) and the same outputs
-  (tested against flax), evaluated as four 2x2 stride-1 convolutions, one per
-  output phase (each a matrix product over 4 shifted views), interleaved. XLA's generic form convolves a zero-dilated input:
-  4x the multiply-adds, and on XLA:CPU its kernel gradient ran ~100x slower
-  (9 s for one 8x64x64x64 -> 128x128x128 layer).
-  """
-  features: int
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h):
-    c_in, c_out = h.shape[-1], self.features
-    kernel = jnp.asarray(self.param("kernel", _conv_init, (4, 4, c_in, c_out), jnp.float32), self.dtype)
-    # The 3x3 neighbourhood of every input pixel, as 9 shifted views (i, j = -1, 0, +1):
-    # each phase is then one matrix product of 4 of them with its 2x2 taps, so the forward
-    # pass and both gradients are plain dots (fast everywhere, XLA:CPU included).
-    height, width = h.shape[1:3]
-    padded = jnp.pad(h.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    view = lambda i, j: padded[:, 1 + i:1 + i + height, 1 + j:1 + j + width]
-    rows = []
-    for a in range(2):
-      phases = []
-      for b in range(2):
-        shifts = [(a - 1 + i, b - 1 + j) for i in range(2) for j in range(2)]
-        patches = jnp.concatenate([view(i, j) for i, j in shifts], axis=-1)   # (B, H, W, 4 in)
-        taps = kernel[a::2, b::2]                   # (2, 2, in, out)
-        phases.append(patches @ taps.reshape(4 * c_in, c_out))
-      rows.append(jnp.stack(phases, axis=3))                    # (B, H, W, b, C)
-    out = jnp.stack(rows, axis=2)                               # (B, H, a, W, b, C)
-    batch, height, _, width = out.shape[:4]
-    out = out.reshape(batch, 2 * height, 2 * width, c_out)
-    if self.use_bias:
-      out = out + self.param("bias", nn.initializers.zeros_init(), (c_out,), jnp.float32).astype(out.dtype)
-    return out
-
-
-class PreNorm(nn.Module):
-  """A Dense/Conv/ConvTranspose whose output is batch-normalised next.
-
-  Batch norm subtracts the batch mean, so this layer's bias has an exactly
-  zero gradient; in float32 it gets round-off instead (~1e-9), which Adam's
-  normalisation turns into steps of ±learning_rate, a random walk that makes
-  runs depend on summation order (and so on the device count). We apply the
-  exact zero (stop_gradient): the bias stays a parameter, as in the
-  reference's parameter count, and stays at its initial value of zero.
-  """
-  kind: str
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h):
-    if self.kind == "dense":
-      layer = nn.Dense(self.features, use_bias=False, kernel_init=_dense_init, dtype=self.dtype)
-    elif self.kind == "conv":
-      layer = nn.Conv(self.features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                      kernel_init=_conv_init, dtype=self.dtype)
-    else:
-      layer = ConvTranspose(self.features, use_bias=False, dtype=self.dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    out = layer(h)
-    return out + jax.lax.stop_gradient(bias).astype(out.dtype)
+    return layers.PreNorm("conv_transpose", n, ctx.dtype)
+  return layers.ConvTranspose(n, dtype=ctx.dtype)
 
 
 def _split(h: jax.Array) -> Gaussian:
@@ -214,7 +113,7 @@ class FeatureEncoder(nn.Module):
 
 
 class FeatureJoint(nn.Module):
-  """q(z_s|x,y): Dense(4 nsef) on concat(h_x, h_y) -> Block(2 shdim) -> split."""
+  """q(z_s|x,y): Dense(4 shared_width) on concat(h_x, h_y) -> Block(2 shared_dim) -> split."""
   width: int
   latent: int
 
@@ -225,7 +124,7 @@ class FeatureJoint(nn.Module):
 
 
 class FeatureDecoder(nn.Module):
-  """p(x|z_x,z_s): concat -> Dense(ndf) -> BN -> ReLU -> Dense(d) [-> ReLU]."""
+  """p(x|z_x,z_s): concat -> Dense(decoder_width) -> BN -> ReLU -> Dense(d) [-> ReLU]."""
   width: int
   out_dim: int
   output_relu: bool = False
@@ -277,7 +176,7 @@ class ConvStack(nn.Module):
 
 
 class ImageExclusiveEncoder(nn.Module):
-  """q(z_x|x): conv stack to 2L x 2L -> BN -> LeakyReLU -> flatten -> Dense(2 exdim)."""
+  """q(z_x|x): conv stack to 2L x 2L -> BN -> LeakyReLU -> flatten -> Dense(2 exclusive_dim)."""
   width: int
   multipliers: Tuple[int, ...]
   latent: int
@@ -325,7 +224,7 @@ class FlatSharedEncoder(nn.Module):
 
 
 class FlatJoint(nn.Module):
-  """q(z_s|x,y), Cars: Dense(2 shdim) on concat(h_x, h_y) -> Block(2 shdim)."""
+  """q(z_s|x,y), Cars: Dense(2 shared_dim) on concat(h_x, h_y) -> Block(2 shared_dim)."""
   latent: int
 
   @nn.compact
@@ -374,64 +273,70 @@ class ImageDecoder(nn.Module):
 class IIAE(nn.Module):
   """Interaction Information Auto-Encoder over paired domains X and Y.
 
-  Attributes mirror `config.model` (see `build_model`). `x_shape` / `y_shape`
-  are the per-example input shapes: (d,) for features, (H, W, C) for images.
+  `config` (a checked `ModelConfig`; `build_model` makes one from
+  `config.model`) decides the architecture and every size. `x_shape` /
+  `y_shape` are the per-example input shapes: (d,) for features, (H, W, C)
+  for images.
   """
-  architecture: str
-  x_shape: Tuple[int, ...]
-  y_shape: Tuple[int, ...]
-  neef: int
-  nsef: int
-  exdim: int
-  ndf: int
-  shdim: int = 0  # unused by "spatial", whose z_s has mults[-1] * nsef / 2 channels
-  shared_posterior: str = "joint"
-  prior_expert: bool = True
-  num_classes: int = 0
-  output_relu: bool = False
-  latent_resolution: int = 8
-  channel_cap: int = 8
-  dropout_rate: float = 0.5
-  dtype: Any = jnp.float32
+  config: ModelConfig
+
+  @property
+  def architecture(self) -> str:
+    return self.config.architecture
+
+  @property
+  def x_shape(self) -> Tuple[int, ...]:
+    return self.config.input_shapes[0]
+
+  @property
+  def y_shape(self) -> Tuple[int, ...]:
+    return self.config.input_shapes[1]
+
+  @property
+  def exclusive_dim(self) -> int:
+    return self.config.exclusive_dim
+
+  @property
+  def num_classes(self) -> int:
+    return self.config.num_classes
+
+  @property
+  def dtype(self):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[self.config.dtype]
 
   def setup(self):
-    a = self.architecture
-    if a not in ARCHITECTURES:
-      raise ValueError(f"model.architecture is {a!r}; expected one of {ARCHITECTURES}")
-    if self.shared_posterior not in SHARED_POSTERIORS:
-      raise ValueError(f"model.shared_posterior is {self.shared_posterior!r}; "
-                       f"expected one of {SHARED_POSTERIORS}")
+    c, a = self.config, self.config.architecture
     if a == "features":
-      self.exclusive_encoder_x = FeatureEncoder(self.neef, self.exdim)
-      self.exclusive_encoder_y = FeatureEncoder(self.neef, self.exdim)
-      self.shared_encoder_x = FeatureEncoder(self.nsef, self.shdim)
-      self.shared_encoder_y = FeatureEncoder(self.nsef, self.shdim)
-      if self.shared_posterior == "joint":
-        self.joint_encoder = FeatureJoint(self.nsef, self.shdim)
-      self.decoder_x = FeatureDecoder(self.ndf, self.x_shape[-1], self.output_relu)
-      self.decoder_y = FeatureDecoder(self.ndf, self.y_shape[-1], self.output_relu)
+      self.exclusive_encoder_x = FeatureEncoder(c.exclusive_width, c.exclusive_dim)
+      self.exclusive_encoder_y = FeatureEncoder(c.exclusive_width, c.exclusive_dim)
+      self.shared_encoder_x = FeatureEncoder(c.shared_width, c.shared_dim)
+      self.shared_encoder_y = FeatureEncoder(c.shared_width, c.shared_dim)
+      if c.shared_posterior == "joint":
+        self.joint_encoder = FeatureJoint(c.shared_width, c.shared_dim)
+      self.decoder_x = FeatureDecoder(c.decoder_width, self.x_shape[-1], c.output_relu)
+      self.decoder_y = FeatureDecoder(c.decoder_width, self.y_shape[-1], c.output_relu)
     else:
-      mults = stage_multipliers(self.x_shape[0], self.latent_resolution, self.channel_cap)
+      mults = stage_multipliers(c.resolution, c.latent_resolution, c.channel_cap)
       stem = mults[:-1]  # the exclusive encoder stops one stage earlier (at 2L x 2L)
-      self.exclusive_encoder_x = ImageExclusiveEncoder(self.neef, stem, self.exdim)
-      self.exclusive_encoder_y = ImageExclusiveEncoder(self.neef, stem, self.exdim)
+      self.exclusive_encoder_x = ImageExclusiveEncoder(c.exclusive_width, stem, c.exclusive_dim)
+      self.exclusive_encoder_y = ImageExclusiveEncoder(c.exclusive_width, stem, c.exclusive_dim)
       if a == "spatial":
-        self.shared_encoder_x = SpatialSharedEncoder(self.nsef, mults)
-        self.shared_encoder_y = SpatialSharedEncoder(self.nsef, mults)
-        if self.shared_posterior == "joint":
-          self.joint_encoder = SpatialJoint(mults[-1] * self.nsef)
+        self.shared_encoder_x = SpatialSharedEncoder(c.shared_width, mults)
+        self.shared_encoder_y = SpatialSharedEncoder(c.shared_width, mults)
+        if c.shared_posterior == "joint":
+          self.joint_encoder = SpatialJoint(mults[-1] * c.shared_width)
       else:
-        self.shared_encoder_x = FlatSharedEncoder(self.nsef, mults, self.shdim)
-        self.shared_encoder_y = FlatSharedEncoder(self.nsef, mults, self.shdim)
-        if self.shared_posterior == "joint":
-          self.joint_encoder = FlatJoint(self.shdim)
+        self.shared_encoder_x = FlatSharedEncoder(c.shared_width, mults, c.shared_dim)
+        self.shared_encoder_y = FlatSharedEncoder(c.shared_width, mults, c.shared_dim)
+        if c.shared_posterior == "joint":
+          self.joint_encoder = FlatJoint(c.shared_dim)
       up = tuple(reversed(stem))
-      dec = lambda c: ImageDecoder(self.ndf, up, c, self.latent_resolution, flat=(a == "flat"),
-                                   dropout_rate=self.dropout_rate)
+      dec = lambda channels: ImageDecoder(c.decoder_width, up, channels, c.latent_resolution,
+                                          flat=(a == "flat"), dropout_rate=c.dropout_rate)
       self.decoder_x = dec(self.x_shape[-1])
       self.decoder_y = dec(self.y_shape[-1])
-    if self.num_classes:
-      self.classifier = nn.Dense(self.num_classes, kernel_init=_dense_init, dtype=self.dtype)
+    if c.num_classes:
+      self.classifier = layers.dense(c.num_classes, self.dtype)
 
   # -- shapes -------------------------------------------------------------
 
@@ -502,10 +407,10 @@ class IIAE(nn.Module):
     q_zy, _ = self.exclusive_encoder_y(y, ctx)
     r_zs_x, h_x = self.shared_encoder_x(x, ctx)
     r_zs_y, h_y = self.shared_encoder_y(y, ctx)
-    if self.shared_posterior == "joint":
+    if self.config.shared_posterior == "joint":
       q_zs = self.joint_encoder(h_x, h_y, ctx)
     else:
-      q_zs = D.product_of_experts([r_zs_x, r_zs_y], prior_expert=self.prior_expert)
+      q_zs = D.product_of_experts([r_zs_x, r_zs_y], prior_expert=self.config.prior_expert)
 
     def latent(posterior, name):
       if not train:
@@ -525,51 +430,15 @@ class IIAE(nn.Module):
     return out
 
 
-def _getter(model_config):
-  """`get(field, default)` for a ConfigDict, a dict or an object with attributes."""
-  if hasattr(model_config, "get"):
-    return model_config.get
-  return lambda k, d=None: getattr(model_config, k, d)
-
-
 def input_shapes(model_config) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-  """The per-example shapes of x and y that `model_config` describes."""
-  get = _getter(model_config)
-  if get("architecture") == "features":
-    return (int(get("x_dim")),), (int(get("y_dim")),)
-  r, c = int(get("resolution")), int(get("channels"))
-  return (r, r, c), (r, r, c)
-
-
-_CONFIG_FIELDS = ("neef", "nsef", "exdim", "shdim", "ndf", "shared_posterior", "prior_expert",
-                  "num_classes", "output_relu", "latent_resolution", "channel_cap", "dropout_rate")
+  """The per-example shapes of x and y that `config.model` describes."""
+  return ModelConfig.from_mapping(model_config).input_shapes
 
 
 def build_model(model_config) -> IIAE:
-  """Builds the IIAE module that `config.model` describes.
+  """The IIAE module that `config.model` (a ConfigDict, a dict or a ModelConfig) describes.
 
-  Required fields: architecture ("features" | "spatial" | "flat"), neef, nsef,
-  exdim, shdim, ndf; x_dim and y_dim for features; resolution and channels for
-  images. Optional: shared_posterior ("joint" | "poe"), prior_expert,
-  num_classes (0 = no classifier), output_relu, latent_resolution,
-  channel_cap, dropout_rate, dtype ("float32" | "bfloat16": compute dtype;
-  parameters stay float32).
+  Raises ConfigError naming every bad field (`iiae_jax.config.ModelConfig`
+  lists the fields, their defaults and their meaning).
   """
-  get = _getter(model_config)
-  arch = get("architecture")
-  if arch not in ARCHITECTURES:
-    raise ValueError(f"model.architecture is {arch!r}; expected one of {ARCHITECTURES}")
-  sizes = ("neef", "nsef", "exdim", "ndf") + (("shdim",) if arch != "spatial" else ())
-  for field in sizes:
-    value = get(field)
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"model.{field} must be a positive integer, got {value!r}")
-  x_shape, y_shape = input_shapes(model_config)
-  if arch != "features":
-    stage_multipliers(x_shape[0], get("latent_resolution", 8), get("channel_cap", 8))
-  kwargs = {k: get(k) for k in _CONFIG_FIELDS if get(k) is not None}
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  dtype = get("dtype", "float32") or "float32"
-  if dtype not in dtypes:
-    raise ValueError(f"model.dtype must be one of {list(dtypes)}, got {dtype!r}")
-  return IIAE(architecture=arch, x_shape=x_shape, y_shape=y_shape, dtype=dtypes[dtype], **kwargs)
+  return IIAE(ModelConfig.from_mapping(model_config))

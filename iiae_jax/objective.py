@@ -6,19 +6,17 @@
       + λ (KL[q(z_s|x,y)‖r^x(z_s|x)] + KL[q(z_s|x,y)‖r^y(z_s|y)])
       + w_c CE(classifier(z_s), class)
 """
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from iiae_jax import distributions as D
+from iiae_jax.config import LossConfig
+from iiae_jax.errors import ConfigError
 
 TERMS = ("recon_x", "recon_y", "kl_zx", "kl_zy", "kl_zs", "kl_zs_rx", "kl_zs_ry", "class", "c_t")
-
-DEFAULT_WEIGHTS = {"beta": 0.5, "lam": 1.0, "recon_weight": 10.0, "recon": "l2",
-                   "annealing_rate": 2000.0, "class_weight": 0.0}
-
 
 def kl_annealing(step, annealing_rate) -> jax.Array:
   """c(t) = 1 - exp(-t / ar); a constant for the gradient."""
@@ -54,21 +52,11 @@ def unpack_batch(batch) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   return x, y, labels
 
 
-def _weights(weights) -> dict:
-  merged = dict(DEFAULT_WEIGHTS)
-  if weights is not None:
-    if not hasattr(weights, "keys"):
-      raise ValueError(f"weights must be a mapping like config.loss, got {type(weights).__name__}")
-    unknown = sorted(set(weights.keys()) - set(DEFAULT_WEIGHTS))
-    if unknown:
-      raise ValueError(f"unknown loss field(s) {unknown}; the fields are {sorted(DEFAULT_WEIGHTS)}")
-    merged.update({k: weights[k] for k in weights.keys()})
-  for field in ("beta", "lam", "recon_weight", "class_weight"):
-    if merged[field] < 0:
-      raise ValueError(f"loss.{field} must be >= 0, got {merged[field]}")
-  if merged["annealing_rate"] <= 0:
-    raise ValueError(f"loss.annealing_rate must be > 0, got {merged['annealing_rate']}")
-  return merged
+def loss_config(weights) -> LossConfig:
+  """`weights` (config.loss: a ConfigDict, a dict or a LossConfig; None: the defaults) checked."""
+  if weights is not None and not hasattr(weights, "keys") and not isinstance(weights, LossConfig):
+    raise ConfigError(f"weights must be a mapping like config.loss, got {type(weights).__name__}")
+  return LossConfig.from_mapping(weights)
 
 
 def example_keys(rng: jax.Array, batch_size: int, axis_name: Optional[str] = None) -> jax.Array:
@@ -83,12 +71,12 @@ def example_keys(rng: jax.Array, batch_size: int, axis_name: Optional[str] = Non
 
 def loss_terms(outputs, x, y, labels, step, weights) -> Tuple[jax.Array, dict]:
   """Total and every term from the model's outputs (a pure function of arrays)."""
-  w = _weights(weights)
-  c_t = kl_annealing(step, w["annealing_rate"])
+  w = loss_config(weights)
+  c_t = kl_annealing(step, w.annealing_rate)
   mean = jnp.mean
   terms = {
-      "recon_x": w["recon_weight"] * reconstruction_error(outputs["x_recon"], x, w["recon"]),
-      "recon_y": w["recon_weight"] * reconstruction_error(outputs["y_recon"], y, w["recon"]),
+      "recon_x": w.recon_weight * reconstruction_error(outputs["x_recon"], x, w.recon),
+      "recon_y": w.recon_weight * reconstruction_error(outputs["y_recon"], y, w.recon),
       "kl_zx": mean(D.kl_standard_normal(outputs["q_zx"])),
       "kl_zy": mean(D.kl_standard_normal(outputs["q_zy"])),
       "kl_zs": mean(D.kl_standard_normal(outputs["q_zs"])),
@@ -100,16 +88,16 @@ def loss_terms(outputs, x, y, labels, step, weights) -> Tuple[jax.Array, dict]:
   if labels is not None and "logits" in outputs:
     terms["class"] = mean(optax.softmax_cross_entropy_with_integer_labels(
         outputs["logits"], labels.astype(jnp.int32)))
-  elif labels is None and w["class_weight"] > 0:
+  elif labels is None and w.class_weight > 0:
     raise ValueError("loss.class_weight > 0 needs labels in the batch: pass (x, y, labels)")
-  elif labels is not None and w["class_weight"] > 0 and "logits" not in outputs:
+  elif labels is not None and w.class_weight > 0 and "logits" not in outputs:
     raise ValueError("loss.class_weight > 0 needs a classifier: set model.num_classes > 0")
-  beta, lam = w["beta"], w["lam"]
+  beta, lam = w.beta, w.lam
   total = ((beta + lam) * (terms["recon_x"] + terms["recon_y"])
            + c_t * (beta + lam) * (terms["kl_zx"] + terms["kl_zy"])
            + c_t * beta * terms["kl_zs"]
            + lam * (terms["kl_zs_rx"] + terms["kl_zs_ry"])
-           + w["class_weight"] * terms["class"])
+           + w.class_weight * terms["class"])
   return total, terms
 
 
@@ -124,7 +112,8 @@ def loss(model, variables, batch, rng, *, step=0, weights=None, train: bool = Tr
     rng: a PRNG key for the latent noise and dropout (unused when not training).
     step: the global step t of the KL annealing c(t).
     weights: `config.loss` (beta, lam, recon_weight, recon, annealing_rate,
-      class_weight); missing fields take the Sketchy defaults of SPEC §4.
+      class_weight: `iiae_jax.config.LossConfig`); missing fields take its
+      defaults, the Sketchy recipe of docs/method.md §4.
     train: sample latents, dropout, batch statistics (True); or means and
       running statistics (False).
     axis_name: under pmap/shard_map, the batch axis: batch-norm statistics are

@@ -7,13 +7,17 @@ import sys
 import time
 from typing import Dict, Optional
 
+import jax
 import numpy as np
+from absl import logging as absl_logging
+from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
+from tqdm.auto import tqdm
+
+from iiae_jax.files import unused_path, write_atomically
 
 
 def quiet_library_logs() -> None:
   """Keeps absl's INFO log to our own lines: drops the chatter of orbax's checkpoint internals."""
-  from absl import logging as absl_logging
-
   class _DropOrbaxInfo(logging.Filter):
     def filter(self, record):
       return record.levelno >= logging.WARNING or "orbax" not in record.pathname
@@ -42,12 +46,8 @@ class MetricWriter:
     path = os.path.join(workdir, "metrics.jsonl")
     _set_aside_records_after(path, start_step)
     self._jsonl = open(path, "a", buffering=1)
-    try:
-      from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10,
-                               purge_step=start_step + 1 if start_step else None)
-    except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
-      logging.warning("tensorboardX is not installed: no TensorBoard event files")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10,
+                             purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, scalars: Dict[str, float], kind: str = "train") -> None:
     if not self.enabled:
@@ -87,7 +87,6 @@ def _set_aside_records_after(path: str, step: int) -> None:
     (kept if whole else aside).append(line if line.endswith("\n") else line + "\n")
   if not aside:
     return
-  from iiae_jax.checkpointing import unused_path, write_atomically  # pylint: disable=g-import-not-at-top
   aside_path = unused_path(os.path.join(os.path.dirname(path), f"metrics.interrupted_after_step_{step}"),
                            ".jsonl")
   with open(aside_path, "w") as f:
@@ -106,6 +105,42 @@ def _jsonable(v):
   return v if not isinstance(v, float) or math.isfinite(v) else str(v)
 
 
+class TrainMetrics:
+  """The training metrics of the steps since the last log line, and their rate.
+
+  Each compiled call adds its per-step metrics; `flush` averages them. The
+  steps not yet logged travel with a checkpoint (`to_json`), so that a resumed
+  run's first log line averages the same steps as an uninterrupted run's.
+  """
+
+  def __init__(self, start_step: int, saved: Optional[Dict] = None):
+    # One entry per call: {metric: (local devices, steps)}; a saved window is one call of one device.
+    self._calls = [{k: np.asarray(v["values"], v["dtype"])[None] for k, v in (saved or {}).items()}]
+    self._calls = [c for c in self._calls if c]
+    self._since, self._since_step = time.perf_counter(), start_step
+
+  def add(self, metrics) -> None:
+    self._calls.append(metrics)
+
+  def _values(self) -> Dict[str, np.ndarray]:
+    """{metric: its value at each step} of the calls so far (the first device's)."""
+    stacked = jax.device_get(self._calls)
+    return {k: np.concatenate([np.asarray(m[k][0]).reshape(-1) for m in stacked]) for k in stacked[0]}
+
+  def flush(self, step: int) -> Dict[str, float]:
+    """The mean of every metric since the last flush, and steps_per_sec."""
+    scalars = {k: float(np.mean(v)) for k, v in self._values().items()}
+    now = time.perf_counter()
+    scalars["steps_per_sec"] = (step - self._since_step) / max(now - self._since, 1e-9)
+    self._calls, self._since, self._since_step = [], now, step
+    return scalars
+
+  def to_json(self) -> Dict:
+    if not self._calls:
+      return {}
+    return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in self._values().items()}
+
+
 class Progress:
   """A tqdm bar (step, steps/s, loss, ETA) on a terminal; periodic log lines otherwise."""
 
@@ -115,7 +150,6 @@ class Progress:
     self._bar = None
     self._total = total
     if use_bar:
-      from tqdm.auto import tqdm
       self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
     self._last = initial
 

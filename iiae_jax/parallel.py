@@ -10,30 +10,26 @@ import logging
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+
+from iiae_jax.errors import ConfigError
 
 AXIS = "batch"
 
 
-def initialize(distributed_config) -> None:
-  """Starts jax.distributed when `config.distributed.enabled` (multi-host runs)."""
-  if not distributed_config.get("enabled", False):
-    return
-  if jax.distributed.is_initialized():
+def initialize(distributed) -> None:
+  """Starts jax.distributed when `distributed.enabled` (a DistributedConfig; multi-host runs)."""
+  if not distributed.enabled or jax.distributed.is_initialized():
     return
   kwargs = {}
-  if distributed_config.get("coordinator_address"):
-    kwargs = dict(coordinator_address=distributed_config.coordinator_address,
-                  num_processes=int(distributed_config.num_processes),
-                  process_id=int(distributed_config.process_id))
+  if distributed.coordinator_address:  # else JAX detects the cluster (TPU pods, SLURM, Open MPI)
+    kwargs = dict(coordinator_address=distributed.coordinator_address,
+                  num_processes=distributed.num_processes, process_id=distributed.process_id)
   # A peer that died (or lost its host) is detected after heartbeat_timeout_seconds:
   # every other process then stops with an error instead of blocking forever.
-  for field in ("heartbeat_timeout_seconds", "shutdown_timeout_seconds"):
-    if distributed_config.get(field):
-      kwargs[field] = int(distributed_config[field])
-  # With no address, JAX detects the cluster (TPU pods, SLURM, Open MPI).
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(heartbeat_timeout_seconds=distributed.heartbeat_timeout_seconds,
+                             shutdown_timeout_seconds=distributed.shutdown_timeout_seconds, **kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
@@ -42,14 +38,16 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def check_batch_size(global_batch: int, field: str = "training.batch_size") -> int:
-  """The per-device batch; ConfigError (a ValueError) when the global batch does not divide."""
-  from iiae_jax.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
-  devices = jax.device_count()
+def check_batch_size(global_batch: int, num_devices: Optional[int] = None,
+                     field: str = "training.batch_size") -> int:
+  """The per-device batch; ConfigError when the global batch does not split evenly over
+  `num_devices` (default: every device of every process)."""
+  devices = num_devices or jax.device_count()
   if global_batch <= 0 or global_batch % devices:
+    layout = "" if num_devices else (f" = {jax.process_count()} process(es) x "
+                                     f"{jax.local_device_count()} local device(s)")
     raise ConfigError(f"{field} = {global_batch} must be a positive multiple of the number of "
-                     f"devices ({devices} = {jax.process_count()} process(es) x "
-                     f"{jax.local_device_count()} local device(s))")
+                      f"devices ({devices}{layout})")
   return global_batch // devices
 
 
@@ -102,7 +100,6 @@ def any_process(flag: bool) -> bool:
   """Whether `flag` is true on any process (a collective: every process must call it)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
@@ -117,10 +114,20 @@ def raise_together(error: Optional[BaseException], elsewhere: BaseException,
     raise error if error is not None else elsewhere
 
 
+def run_together(fn: Callable[[], Any], what: str) -> Any:
+  """`fn()` on every process; when it raises on any, every process raises (a collective)."""
+  result, error = None, None
+  try:
+    result = fn()
+  except Exception as e:  # pylint: disable=broad-except  # raised below, on every process
+    error = e
+  raise_together(error, RuntimeError(f"{what} failed on another process (see its log)"))
+  return result
+
+
 def main_process_decides(flag: bool) -> bool:
   """Process 0's `flag`, on every process (a collective), so that every process takes the same
   branch into collective work (saving the best checkpoint) even where their numbers differ."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))

@@ -14,11 +14,11 @@ def tiny_model_config(architecture="features", shared_posterior="joint", num_cla
   """Small versions of the three SPEC §3 networks, for fast tests."""
   if architecture == "features":
     return ml_collections.ConfigDict(dict(
-        architecture="features", x_dim=12, y_dim=10, neef=8, nsef=8, exdim=3, shdim=4, ndf=8,
+        architecture="features", x_dim=12, y_dim=10, exclusive_width=8, shared_width=8, exclusive_dim=3, shared_dim=4, decoder_width=8,
         shared_posterior=shared_posterior, prior_expert=True, num_classes=num_classes))
   return ml_collections.ConfigDict(dict(
       architecture=architecture, resolution=16, channels=3, latent_resolution=4, channel_cap=8,
-      neef=4, nsef=4, exdim=3, shdim=6, ndf=4, dropout_rate=0.5,
+      exclusive_width=4, shared_width=4, exclusive_dim=3, shared_dim=6, decoder_width=4, dropout_rate=0.5,
       shared_posterior=shared_posterior, prior_expert=True, num_classes=num_classes))
 
 
@@ -42,10 +42,10 @@ def tiny_train_config(name="digits_cdcb", num_steps=6, batch_size=16):
   """A real dataset config shrunk to a tiny model and a few steps."""
   import importlib
   config = importlib.import_module(f"configs.{name}").get_config()
-  for field in ("neef", "nsef", "ndf"):
+  for field in ("exclusive_width", "shared_width", "decoder_width"):
     config.model[field] = 4
-  config.model.exdim = 2
-  config.model.shdim = 4
+  config.model.exclusive_dim = 2
+  config.model.shared_dim = 4
   if name == "digits_cdcb":
     config.data.options.resolution = 16
     config.model.resolution = 16
@@ -65,3 +65,23 @@ def flat_leaves(tree) -> dict:
   import jax
   import numpy as np
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class FunctionSuite:
+  """An EvaluationSuite stand-in for the loop's tests: metrics from `fn(model, variables, step)`,
+  the best checkpoint chosen by the real paired-retrieval rule on "<name>/..." keys."""
+  selects = True
+
+  def __init__(self, fn, name="paired_retrieval"):
+    from iiae_jax import evaluation
+    self.fn = fn
+    self._rule = evaluation.make_evaluator(name, {"type": "paired_retrieval"}, embedder=None)
+
+  def prepare(self):
+    pass
+
+  def __call__(self, model, variables, step):
+    return self.fn(model, variables, step)
+
+  def selection_score(self, metrics):
+    return self._rule.selection_score(metrics)

@@ -29,7 +29,7 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
     jax.config.update("jax_num_cpu_devices", 2)
   import numpy as np
   from iiae_jax import trainer
-  from tests.helpers import flat_leaves, tiny_train_config
+  from tests.helpers import FunctionSuite, flat_leaves, tiny_train_config
   config = tiny_train_config("digits_cdcb", num_steps=num_steps)
   if nproc > 1:
     config.distributed.update(dict(enabled=True, coordinator_address=f"127.0.0.1:{port}",
@@ -40,17 +40,18 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
   if fail_eval_at:
     config.training.eval_every = 2
 
-    def evaluate(model, variables, step):
+    def evaluate_fn(model, variables, step):
       if pid == 1 and step == fail_eval_at:
         raise RuntimeError(f"evaluation broke on process 1 at step {step}")
       score = step / 10 if pid == 0 else 0.0
       return {"pr/shared_x_to_y": score, "pr/shared_y_to_x": score,
               "pr/exclusive_x_to_y_hits": 0, "pr/exclusive_y_to_x_hits": 0}
+    evaluate = FunctionSuite(evaluate_fn, name="pr")
   if fail_eval_at == -1 and pid == 1:
     def prepare():
       raise FileNotFoundError("process 1 cannot read its evaluation split")
     evaluate.prepare = prepare
-  state = trainer.train_and_evaluate(config, workdir, evaluate=evaluate)
+  state = trainer.train_and_evaluate(config, workdir, evaluations=evaluate)
   if pid == 0:
     np.savez(out, **flat_leaves(state.variables))
   print(f"process {pid}: {jax.process_count()} processes, {jax.device_count()} devices, "
@@ -58,11 +59,11 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
 
 
 def _initialize(pid, nproc, port):
-  import ml_collections
   from iiae_jax import parallel
-  parallel.initialize(ml_collections.ConfigDict(dict(
+  from iiae_jax.config import DistributedConfig
+  parallel.initialize(DistributedConfig(
       enabled=True, coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
-      heartbeat_timeout_seconds=30)))
+      heartbeat_timeout_seconds=30))
 
 
 def two_managers(pid, nproc, port, directory, rounds):

@@ -8,12 +8,13 @@ import time
 import ml_collections
 import pytest
 
-from iiae_jax import evaluation, trainer
-from iiae_jax.config_validation import ConfigError, validate_config
+from iiae_jax import evaluate, schedule, trainer
+from iiae_jax.errors import ConfigError
+from iiae_jax.run_config import validate_config
 from tests.helpers import ROOT, tiny_train_config
 
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
-                      if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+                      if f.endswith(".py") and f != "__init__.py")
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
@@ -55,8 +56,8 @@ BAD_VALUES = [
     (_features, "training.eval_every_epochs", -1, "training.eval_every_epochs must be an integer >= 0"),
     (_features, "training.select_from_epoch", 1.5, "training.select_from_epoch must be an integer >= 0"),
     (_features, "training.progress_bar", "maybe", "training.progress_bar must be one of"),
-    (_features, "model.neef", 0, "model.neef must be an integer >= 1"),
-    (_features, "model.shdim", -4, "model.shdim must be an integer >= 1"),
+    (_features, "model.exclusive_width", 0, "model.exclusive_width must be an integer >= 1"),
+    (_features, "model.shared_dim", -4, "model.shared_dim must be an integer >= 1"),
     (_features, "model.x_dim", 0, "model.x_dim must be an integer >= 1"),
     (_features, "model.shared_posterior", "mixture", "model.shared_posterior must be one of ['joint', 'poe']"),
     (_features, "model.num_classes", -1, "model.num_classes must be an integer >= 0"),
@@ -74,6 +75,11 @@ BAD_VALUES = [
     (_images, "training.batch_size", 0, "training.batch_size must be >= 1 for the paired dataset 'digits_cdcb'"),
     (_features, "data.flip", True, "data.flip applies to paired image datasets; 'digits_zs' is zero-shot"),
 ]
+
+
+def _training(config):
+  from iiae_jax.config import TrainingConfig
+  return TrainingConfig.from_mapping(config.training)
 
 
 def _set(config, path, value):
@@ -108,8 +114,8 @@ def test_a_split_the_dataset_lacks_is_named_by_its_field():
 
 def test_a_missing_required_field_is_named():
   config = _images()
-  del config.model["neef"]
-  with pytest.raises(ConfigError, match=r"model.neef is missing \(it must be an integer >= 1\)"):
+  del config.model["exclusive_width"]
+  with pytest.raises(ConfigError, match=r"model.exclusive_width is missing \(it must be an integer >= 1\)"):
     validate_config(config)
 
 
@@ -190,7 +196,7 @@ def test_evaluate_checkpoint_validates_before_reading_the_workdir(tmp_path):
   config = _images()
   config.evals = ml_collections.ConfigDict({"zs": dict(type="zs_retrieval", ks=(0,))})
   with pytest.raises(ConfigError, match=r"evals.zs.ks must hold positive integers"):
-    evaluation.evaluate_checkpoint(config, str(tmp_path / "nowhere"), echo=None)
+    evaluate.evaluate_checkpoint(config, str(tmp_path / "nowhere"), echo=None)
   assert not (tmp_path / "nowhere").exists()
 
 
@@ -326,13 +332,13 @@ def test_a_dataset_without_a_tfds_builder_is_refused_with_source_tfds():
 def test_the_sketchy_configs_run_on_synthetic_sketchy(split):
   """`--config.data.name=synthetic_sketchy` on configs/sketchy.py: its options (sketchy_split) are
   the stand-in's too, and the stand-in has that split's classes (one pair each per batch)."""
-  from iiae_jax import input_pipeline
+  from iiae_jax import data as data_lib
   config = importlib.import_module("configs.sketchy").get_config(split)
   config.data.name = "synthetic_sketchy"
   config.data.options.feature_dim = 8                  # small, for speed
   validate_config(config, num_devices=1)
   for data_split, unseen in (("train", False), ("test", True)):
-    data = input_pipeline.load_split(config, data_split)
+    data = data_lib.load_split(config.data, data_split)
     classes = {"1": (100, 25), "2": (104, 21)}[split][unseen]
     assert data.num_classes == classes and data.sketch.shape[1] == 8
   assert config.training.batch_size == config.model.num_classes == {"1": 100, "2": 104}[split]
@@ -341,17 +347,13 @@ def test_the_sketchy_configs_run_on_synthetic_sketchy(split):
 def test_both_lengths_set_warns_which_one_decides(caplog):
   """num_steps > 0 wins; a num_epochs set beside it (e.g. on an image config that trains the
   reference's steps) is named as ignored instead of silently."""
-  from iiae_jax import trainer
-
-  class Input:
-    steps_per_epoch = 7
   config = _features()
   config.training.update(num_steps=30, num_epochs=5)
   with caplog.at_level("WARNING"):
-    assert trainer.total_steps(config, Input()) == 30
+    assert schedule.total_steps(_training(config), 7) == 30
   assert "training.num_epochs = 5 (35 steps) is ignored" in caplog.text
   caplog.clear()
   config.training.num_epochs = 0
   with caplog.at_level("WARNING"):
-    assert trainer.total_steps(config, Input()) == 30
+    assert schedule.total_steps(_training(config), 7) == 30
   assert not caplog.text

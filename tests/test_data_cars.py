@@ -6,7 +6,7 @@ import pytest
 import scipy.io
 
 from iiae_jax.data import cars
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 
 SIZE = 4
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from iiae_jax.data import pix2pix
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 
 
 def _pair_image(index: int, size: int) -> np.ndarray:

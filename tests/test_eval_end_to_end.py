@@ -29,9 +29,9 @@ def get_config():
   config.data.options.copies = 1
   config.model.resolution = 16
   config.model.latent_resolution = 4
-  for field in ("neef", "nsef", "ndf"):
+  for field in ("exclusive_width", "shared_width", "decoder_width"):
     config.model[field] = 8
-  config.model.exdim = 4
+  config.model.exclusive_dim = 4
   config.training.batch_size = 8
   config.training.num_steps = 20
   config.training.log_every = 10
@@ -48,10 +48,10 @@ from configs import digits_zs
 
 def get_config():
   config = digits_zs.get_config()
-  for field in ("neef", "nsef", "ndf"):
+  for field in ("exclusive_width", "shared_width", "decoder_width"):
     config.model[field] = 8
-  config.model.exdim = 4
-  config.model.shdim = 4
+  config.model.exclusive_dim = 4
+  config.model.shared_dim = 4
   config.training.num_steps = 20
   config.training.log_every = 10
   config.training.checkpoint_every = 10
@@ -73,7 +73,7 @@ def _train(tmp_path, source):
   config = _load_config(str(config_path))
   workdir = tmp_path / "run"
   trainer.train_and_evaluate(config, str(workdir),
-                             evaluate=evaluation.training_evaluator(config, str(workdir)))
+                             evaluations=evaluation.EvaluationSuite.for_training(config, str(workdir)))
   return config, str(config_path), workdir
 
 
@@ -177,12 +177,12 @@ def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layou
   config.data.data_dir = str(tmp_path / "data")
   config.data.options.resolution = config.model.resolution = 32
   config.model.latent_resolution = 4
-  config.model.update(dict(neef=4, nsef=4, ndf=4))
+  config.model.update(dict(exclusive_width=4, shared_width=4, decoder_width=4))
   # 1 step per epoch: evaluate every step (the config's 5,000) and stop after 7 (not 1,012,000).
   config.training.update(dict(num_steps=7, eval_every=1, log_every=1, progress_bar="off"))
   workdir = tmp_path / "run"
   state = trainer.train_and_evaluate(config, str(workdir),
-                                     evaluate=evaluation.training_evaluator(config, str(workdir)))
+                                     evaluations=evaluation.EvaluationSuite.for_training(config, str(workdir)))
   assert int(state.step) == 7
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged if r["kind"] == "eval"] == list(range(1, 8))  # after every epoch

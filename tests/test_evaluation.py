@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common
-from iiae_jax import checkpointing, inference, models, trainer
+from iiae_jax import checkpointing, evaluate, inference, models, recipes, run_config, train_state
 from iiae_jax import evaluation
+from iiae_jax.errors import UsageError
 from iiae_jax.data import PairedData, ZeroShotData
 from iiae_jax.evaluation import grids
 
@@ -24,18 +24,18 @@ RES = 16
 def _model_config(architecture):
   if architecture == "features":
     return ml_collections.ConfigDict(dict(
-        architecture="features", x_dim=12, y_dim=12, neef=8, nsef=8, exdim=3, shdim=4, ndf=8,
+        architecture="features", x_dim=12, y_dim=12, exclusive_width=8, shared_width=8, exclusive_dim=3, shared_dim=4, decoder_width=8,
         shared_posterior="joint", prior_expert=True, num_classes=0))
   return ml_collections.ConfigDict(dict(
       architecture="spatial", resolution=RES, channels=3, latent_resolution=4, channel_cap=8,
-      neef=4, nsef=4, exdim=3, shdim=6, ndf=4, dropout_rate=0.5,
+      exclusive_width=4, shared_width=4, exclusive_dim=3, shared_dim=6, decoder_width=4, dropout_rate=0.5,
       shared_posterior="joint", prior_expert=True, num_classes=0))
 
 
 def _config(architecture="spatial", evals=None, valid_split=""):
-  config = common.get_config()
+  config = recipes.default()
   config.model = _model_config(architecture)
-  config.data = common.data("digits_cdcb")  # a known name (validated); the splits come from a _Loader
+  config.data = recipes.data("digits_cdcb")  # a known name (validated); the splits come from a _Loader
   config.data.valid_split = valid_split
   config.evals = ml_collections.ConfigDict(evals or {})
   return config
@@ -87,7 +87,7 @@ class _Loader:
 
 def _suite(config, loader, training=False):
   return evaluation.EvaluationSuite.from_config(
-      config, training=training, datasets=evaluation.Datasets(config, loader=loader))
+      config, training=training, datasets=evaluation.Datasets(config.data, loader=loader))
 
 
 def _replace(variables, module, fn):
@@ -181,7 +181,7 @@ def test_paired_retrieval_pairs_example_i_with_example_i(features):
   assert out["pr/shared_x_to_y_hits"] == n and out["pr/num_pairs"] == n
   assert out["pr/exclusive_x_to_y_hits"] == out["pr/exclusive_y_to_x_hits"] == 1
   assert out["pr/exclusive_x_to_y"] == pytest.approx(1 / n)
-  assert trainer.selection_score(out) == 2.0
+  assert _suite(config, None).selection_score(out) == 2.0
   # Pairs shuffled: x_i's shared twin is now y_{perm^-1(i)}, never y_i.
   data = _paired(n=n, shape=(12,), same=True)
   perm = np.roll(np.arange(n), 1)
@@ -300,26 +300,26 @@ def test_unknown_evaluator_type_or_field_is_a_clear_error():
     evaluation.make_evaluator("x", {"type": "zs_retrieval", "ks": (0,)}, None)
 
 
-def test_training_evaluator_runs_the_during_training_entries_on_the_validation_split(features):
+def test_the_training_suite_runs_the_during_training_entries_on_the_validation_split(features):
   model, variables = features
-  assert evaluation.training_evaluator(_config("features"), "/nonexistent") is None
+  assert evaluation.EvaluationSuite.for_training(_config("features"), "/nonexistent") is None
   evals = {"pr": dict(type="paired_retrieval", split="test"),
            "grid": dict(type="translation_grid", split="test")}
   data = {"valid": _paired("valid", n=6, shape=(12,)), "test": _paired("test", n=8, shape=(12,))}
   loader = _Loader(**data)
   config = _config("features", evals, valid_split="valid")
-  evaluate = evaluation.training_evaluator(config, "/nonexistent",
-                                           datasets=evaluation.Datasets(config, loader))
-  out = evaluate(model, variables, 5)
+  suite = evaluation.EvaluationSuite.for_training(config, "/nonexistent",
+                                                     datasets=evaluation.Datasets(config.data, loader))
+  out = suite(model, variables, 5)
   assert set(out) == {f"pr/{k}" for k in PAIRED_KEYS}      # no translation_grid
   assert out["pr/num_pairs"] == 6 and loader.requests == ["valid"]
   loader = _Loader(**data)
   config = _config("features", evals)
-  evaluate = evaluation.training_evaluator(config, "/nonexistent",
-                                           datasets=evaluation.Datasets(config, loader))
-  assert evaluate(model, variables, 5)["pr/num_pairs"] == 8 and loader.requests == ["test"]
+  suite = evaluation.EvaluationSuite.for_training(config, "/nonexistent",
+                                                     datasets=evaluation.Datasets(config.data, loader))
+  assert suite(model, variables, 5)["pr/num_pairs"] == 8 and loader.requests == ["test"]
   only_grid = _config("features", {"grid": evals["grid"]})
-  assert evaluation.training_evaluator(only_grid, "/nonexistent") is None
+  assert evaluation.EvaluationSuite.for_training(only_grid, "/nonexistent") is None
 
 
 # ---------------------------------------------------------------------------
@@ -462,12 +462,12 @@ def test_translation_grid_refuses_a_feature_model(features):
 
 def _save_checkpoint(config, workdir, step=3, variables=None):
   model = models.build_model(config.model)
-  template = evaluation.report.abstract_train_state(config, model)
+  template = train_state.abstract_train_state(config.seed, model, train_state.make_optimizer(config.optimizer))
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   if variables is not None:
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"))
-  ckpts.save(step, state, {"config": trainer.flatten_config(config)}, force=True)
+  ckpts.save(step, state, {"config": run_config.flatten_config(config)}, force=True)
   ckpts.close()
 
 
@@ -480,18 +480,18 @@ def test_a_missing_checkpoint_error_names_the_path_and_the_config(tmp_path):
   config = _config("features")
   for checkpoint in ("latest", "best"):
     with pytest.raises(checkpointing.CheckpointError) as e:
-      evaluation.evaluate_checkpoint(config, str(tmp_path), checkpoint, config_name="configs/mine.py",
+      evaluate.evaluate_checkpoint(config, str(tmp_path), checkpoint, config_name="configs/mine.py",
                                      echo=None)
     assert str(tmp_path / "checkpoints") in str(e.value) and "configs/mine.py" in str(e.value)
   assert os.listdir(tmp_path) == []   # nothing created in the user's folder
   _save_checkpoint(config, str(tmp_path), step=3)
   with pytest.raises(checkpointing.CheckpointError) as e:
-    evaluation.evaluate_checkpoint(config, str(tmp_path), "7", config_name="configs/mine.py", echo=None)
+    evaluate.evaluate_checkpoint(config, str(tmp_path), "7", config_name="configs/mine.py", echo=None)
   assert str(tmp_path / "checkpoints" / "7") in str(e.value) and "configs/mine.py" in str(e.value)
   assert "[3]" in str(e.value)
 
 
-@pytest.mark.parametrize("field,value", [("neef", 4), ("shared_posterior", "poe")])
+@pytest.mark.parametrize("field,value", [("exclusive_width", 4), ("shared_posterior", "poe")])
 def test_a_checkpoint_of_another_config_error_names_the_path_and_the_config(tmp_path, field, value):
   saved = _config("features")
   _save_checkpoint(saved, str(tmp_path), step=3)
@@ -499,7 +499,7 @@ def test_a_checkpoint_of_another_config_error_names_the_path_and_the_config(tmp_
   other = _config("features")
   other.model[field] = value
   with pytest.raises(checkpointing.CheckpointError) as e:
-    evaluation.evaluate_checkpoint(other, str(tmp_path), "latest", config_name="configs/other.py", echo=None)
+    evaluate.evaluate_checkpoint(other, str(tmp_path), "latest", config_name="configs/other.py", echo=None)
   message = str(e.value)
   assert str(tmp_path / "checkpoints" / "3") in message and "configs/other.py" in message
   assert f"model.{field}" in message
@@ -513,8 +513,8 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
   _save_checkpoint(config, str(workdir), step=5, variables=variables)
   os.makedirs(workdir / "best")   # made by the trainer, empty: no paired metrics qualified
   lines = []
-  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
-  results = evaluation.evaluate_checkpoint(config, str(workdir), "best", config_name="configs/x.py",
+  datasets = evaluation.Datasets(config.data, _Loader(test=_paired(n=7, shape=(12,))))
+  results = evaluate.evaluate_checkpoint(config, str(workdir), "best", config_name="configs/x.py",
                                            datasets=datasets, echo=lines.append)
   out = workdir / "eval_latest_5"
   assert any("no best checkpoint" in line for line in lines)
@@ -537,7 +537,7 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)
     assert f"<tr><td>{key}</td><td>{shown}</td></tr>" in page, (key, shown)
   with pytest.raises(ValueError, match="own folder"):
-    evaluation.evaluate_checkpoint(config, str(workdir), "latest", out_dir=str(workdir / "checkpoints"),
+    evaluate.evaluate_checkpoint(config, str(workdir), "latest", out_dir=str(workdir / "checkpoints"),
                                    datasets=datasets, echo=None)
 
 
@@ -550,8 +550,8 @@ def test_evaluate_checkpoint_metrics_are_those_of_the_saved_variables(spatial, t
   data = _paired(n=4, seed=6)
   workdir = tmp_path / "run"
   _save_checkpoint(config, str(workdir), step=4, variables=variables)
-  results = evaluation.evaluate_checkpoint(config, str(workdir), "latest", config_name="configs/x.py",
-                                           datasets=evaluation.Datasets(config, _Loader(test=data)), echo=None)
+  results = evaluate.evaluate_checkpoint(config, str(workdir), "latest", config_name="configs/x.py",
+                                           datasets=evaluation.Datasets(config.data, _Loader(test=data)), echo=None)
   expected = _suite(config, _Loader(test=data))(model, variables, step=4, out_dir=str(tmp_path / "memory"))
   assert set(expected) == {f"grid/{k}" for k in ("recon_mae_x", "recon_mae_y", "translation_mae_x_to_y",
                                                  "translation_mae_y_to_x", "images_written", "num_examples")}
@@ -571,33 +571,33 @@ def test_results_of_another_evaluation_are_never_replaced(features, tmp_path):
   workdir, out = tmp_path / "run", tmp_path / "report"
   for step in (5, 9):
     _save_checkpoint(config, str(workdir), step=step, variables=variables)
-  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
-  run = lambda checkpoint, cfg=config: evaluation.evaluate_checkpoint(
+  datasets = evaluation.Datasets(config.data, _Loader(test=_paired(n=7, shape=(12,))))
+  run = lambda checkpoint, cfg=config: evaluate.evaluate_checkpoint(
       cfg, str(workdir), checkpoint, out_dir=str(out), config_name="configs/x.py", datasets=datasets,
       echo=None)
   run("5")
   run("5")                                                              # the same evaluation again
   before = _listing(out)
-  with pytest.raises(evaluation.UsageError, match=r"results of another evaluation .*step 5"):
+  with pytest.raises(UsageError, match=r"results of another evaluation .*step 5"):
     run("9")
   other = _config("features", {"pr": dict(type="paired_retrieval", max_examples=3)})
-  with pytest.raises(evaluation.UsageError, match="results of another evaluation"):
+  with pytest.raises(UsageError, match="results of another evaluation"):
     run("5", other)
   assert _listing(out) == before
   assert json.loads((out / "results.json").read_text())["checkpoint"]["step"] == 5
   (out / "results.json").write_text("{not json")
-  with pytest.raises(evaluation.UsageError, match="cannot be read as results"):
+  with pytest.raises(UsageError, match="cannot be read as results"):
     run("5")
   assert (out / "results.json").read_text() == "{not json"
   for other_tool in ('{"checkpoint": "x"}', '{"config": [1]}', '[1, 2]'):  # JSON, not our results
     (out / "results.json").write_text(other_tool)
-    with pytest.raises(evaluation.UsageError, match="results of another evaluation"):
+    with pytest.raises(UsageError, match="results of another evaluation"):
       run("5")
     assert (out / "results.json").read_text() == other_tool
   (out / "results.json").unlink()
   for inside_a_file in ("index.html", "index.html/sub"):
-    with pytest.raises(evaluation.UsageError, match="index.html is a file, not a folder"):
-      evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out / inside_a_file),
+    with pytest.raises(UsageError, match="index.html is a file, not a folder"):
+      evaluate.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out / inside_a_file),
                                      datasets=datasets, echo=None)
 
 
@@ -607,12 +607,12 @@ def test_a_folder_without_results_is_written_only_when_empty(features, tmp_path,
   config = _config("features", {"pr": dict(type="paired_retrieval")})
   workdir, out = tmp_path / "run", tmp_path / "report"
   _save_checkpoint(config, str(workdir), step=5, variables=variables)
-  datasets = evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,))))
-  run = lambda: evaluation.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out),
+  datasets = evaluation.Datasets(config.data, _Loader(test=_paired(n=7, shape=(12,))))
+  run = lambda: evaluate.evaluate_checkpoint(config, str(workdir), "5", out_dir=str(out),
                                                config_name="configs/x.py", datasets=datasets, echo=None)
   os.makedirs(out / "pr")
   (out / "index.html").write_text("my own page")
-  with pytest.raises(evaluation.UsageError, match=r"already holds index.html, pr .*no results.json"):
+  with pytest.raises(UsageError, match=r"already holds index.html, pr .*no results.json"):
     run()
   assert (out / "index.html").read_text() == "my own page" and sorted(os.listdir(out)) == ["index.html", "pr"]
   (out / "index.html").unlink()
@@ -641,9 +641,9 @@ def test_a_damaged_latest_checkpoint_is_reported_as_a_fall_back(features, tmp_pa
   (workdir / "checkpoints" / "5" / "meta" / "metadata").write_text("{")   # a damaged record
   lines = []
   with pytest.warns(UserWarning, match="checkpoint 5 .* could not be restored"):
-    results = evaluation.evaluate_checkpoint(
+    results = evaluate.evaluate_checkpoint(
         config, str(workdir), "latest", out_dir=str(tmp_path / "report"), config_name="configs/x.py",
-        datasets=evaluation.Datasets(config, _Loader(test=_paired(n=7, shape=(12,)))), echo=lines.append)
+        datasets=evaluation.Datasets(config.data, _Loader(test=_paired(n=7, shape=(12,)))), echo=lines.append)
   assert results["checkpoint"]["step"] == 3 and results["checkpoint"]["fell_back"]
   assert str(workdir / "checkpoints" / "5") in results["checkpoint"]["note"]
   assert any("evaluated step 3" in line for line in lines)
@@ -654,7 +654,7 @@ def test_a_damaged_checkpoint_is_reported_as_damaged_not_as_another_config(tmp_p
   _save_checkpoint(config, str(tmp_path), step=3)
   (tmp_path / "checkpoints" / "3" / "meta" / "metadata").write_text("{")
   with pytest.warns(UserWarning), pytest.raises(checkpointing.CheckpointError) as e:
-    evaluation.evaluate_checkpoint(config, str(tmp_path), "3", config_name="configs/x.py", echo=None)
+    evaluate.evaluate_checkpoint(config, str(tmp_path), "3", config_name="configs/x.py", echo=None)
   message = str(e.value)
   assert "damaged or incomplete" in message and str(tmp_path / "checkpoints" / "3") in message
   assert "another config" not in message and "start afresh" not in message
@@ -673,7 +673,7 @@ def test_a_lazily_decoded_split_is_decoded_once_across_evaluations():
   def lazy(n):
     reader = pix2pix.PairReader(n, (4, 4, 3), decode, cache_size=8)
     return PairedData("lazy", "valid", reader.x, reader.y)
-  datasets = evaluation.Datasets(None, _Loader(valid=lazy(100), test=lazy(200)))
+  datasets = evaluation.Datasets(None, loader=_Loader(valid=lazy(100), test=lazy(200)))
   datasets.KEEP_DECODED_BYTES = 2 * 150 * 4 * 4 * 3      # the 100 pairs fit, the 200 do not
   for _ in range(3):
     for split in ("valid", "test"):

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, digits_cdcb, digits_zs, sketchy
-from iiae_jax import evaluation, models, trainer
+from configs import digits_cdcb, digits_zs, sketchy
+from iiae_jax import evaluation, models, recipes, trainer
 
 
-@pytest.mark.parametrize("get_config", [common.get_config, sketchy.get_config, digits_zs.get_config,
+@pytest.mark.parametrize("get_config", [recipes.default, sketchy.get_config, digits_zs.get_config,
                                         digits_cdcb.get_config])
 def test_mixed_precision_is_off_by_default(get_config):
   assert get_config().model.dtype == "float32"
@@ -54,7 +54,7 @@ def _train_seen_map(tmp_path, dtype):
   config.evals = {"seen": dict(type="zs_retrieval", split="train", ks=(5,))}
   workdir = tmp_path / dtype
   trainer.train_and_evaluate(config, str(workdir),
-                             evaluate=evaluation.training_evaluator(config, str(workdir)))
+                             evaluations=evaluation.EvaluationSuite.for_training(config, str(workdir)))
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in records if r["kind"] == "train"]
   (final_eval,) = [r for r in records if r["kind"] == "eval"]

@@ -100,9 +100,9 @@ def test_a_start_up_failing_on_one_process_stops_both_at_once(tmp_path):
 def test_a_busy_workdir_stops_both_processes(tmp_path):
   """Only process 0 takes the workdir's lock; when it cannot, the other process stops too
   (instead of waiting in a collective until the heartbeat timeout)."""
-  from iiae_jax import trainer
+  from iiae_jax.workdir import WorkdirLock
   os.makedirs(tmp_path / "run")
-  with trainer.WorkdirLock(str(tmp_path / "run")):
+  with WorkdirLock(str(tmp_path / "run")):
     workers = _start_workers(tmp_path / "run", "4", "300")
     outputs = _outputs(workers, 120)           # well before the 300 s heartbeat timeout
   assert all(w.returncode not in (0, None) for w in workers), outputs

@@ -27,7 +27,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import iiae_jax
-from iiae_jax import checkpointing, trainer
+from iiae_jax import checkpointing, train_state, trainer
+from iiae_jax.workdir import WorkdirLock
 from iiae_jax.metrics import paired_retrieval_accuracy
 from tests.helpers import ROOT, flat_leaves, tiny_model_config, tiny_train_config
 from tests.test_multihost import WORKER, _env as _multihost_env, _free_port
@@ -92,9 +93,9 @@ def cli(tmp_path_factory):
 
 def _template():
   """The train state's shapes and dtypes (no compilation), to restore checkpoints into."""
-  from iiae_jax.evaluation import report  # pylint: disable=g-import-not-at-top
   config = _config()
-  return report.abstract_train_state(config, iiae_jax.build_model(config.model))
+  return train_state.abstract_train_state(config.seed, iiae_jax.build_model(config.model),
+                                          train_state.make_optimizer(config.optimizer))
 
 
 @dataclasses.dataclass
@@ -260,7 +261,7 @@ def _listing(root):
 def test_a_run_on_a_locked_workdir_refuses_before_touching_it(tmp_path):
   _save_steps(tmp_path / "checkpoints")          # a run's checkpoints
   before = _listing(tmp_path)
-  with trainer.WorkdirLock(str(tmp_path)):       # held as a running job holds it
+  with WorkdirLock(str(tmp_path)):       # held as a running job holds it
     with pytest.raises(RuntimeError, match=rf"in use by a running training job \(pid {os.getpid()}\)"):
       trainer.train_and_evaluate(_config(), str(tmp_path))
   assert _listing(tmp_path) == before
@@ -549,23 +550,23 @@ def test_extreme_inputs_keep_the_training_loss_and_gradients_finite(shared_poste
 NAN_RUN = """
 import dataclasses, json
 import numpy as np
-from iiae_jax import input_pipeline, trainer
+from iiae_jax import data as data_lib, errors, trainer
 from tests.helpers import tiny_train_config
 
-load_split = input_pipeline.load_split
+load_split = data_lib.load_split
 
-def with_nan_sketches(config, split):
-  data = load_split(config, split)
+def with_nan_sketches(data_config, split):
+  data = load_split(data_config, split)
   sketch = np.array(data.sketch, np.float32)
   sketch[:, 3] = np.nan                     # in every sketch: the first step resumed draws one
   return dataclasses.replace(data, sketch=sketch)
 
-input_pipeline.load_split = with_nan_sketches
+data_lib.load_split = with_nan_sketches
 config = tiny_train_config("digits_zs")
 config.training.update({training})
 try:
   trainer.train_and_evaluate(config, {workdir!r})
-except trainer.NumericalFault as e:
+except errors.NumericalFault as e:
   print(json.dumps({{"fault": str(e)}}))
 """
 

@@ -16,7 +16,7 @@ from iiae_jax.data import cars as cars_lib
 from iiae_jax.data import offline
 from iiae_jax.data import pix2pix
 from iiae_jax.data import tfds_builders as T
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 from tests.test_data_cars import SIZE as CAR_SIZE, write_cars
 from tests.test_data_pix2pix import write_pix2pix
 

@@ -10,12 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from iiae_jax import checkpointing, trainer
-from tests.helpers import ROOT, flat_leaves, run_on_devices, tiny_train_config
+from iiae_jax import checkpointing, train_state, trainer
+from iiae_jax.errors import NumericalFault
+from tests.helpers import ROOT, FunctionSuite, flat_leaves, run_on_devices, tiny_train_config
 
 
-def _train(config, workdir, **kw):
-  return trainer.train_and_evaluate(config, str(workdir), **kw)
+def _train(config, workdir, evaluate=None, **kw):
+  """train_and_evaluate; `evaluate`: a function (model, variables, step) -> metrics, or a suite."""
+  if callable(evaluate) and not hasattr(evaluate, "prepare"):
+    evaluate = FunctionSuite(evaluate)
+  return trainer.train_and_evaluate(config, str(workdir), evaluations=evaluate, **kw)
 
 
 def test_pmap_over_8_devices_equals_one_device(tmp_path):
@@ -44,18 +48,18 @@ def test_pmap_over_8_devices_equals_one_device(tmp_path):
 def test_batch_that_does_not_divide_the_devices_is_a_clear_error(tmp_path):
   result = run_on_devices(f"""
     import json
-    from iiae_jax import config_validation, trainer
+    from iiae_jax import errors, trainer
     from tests.helpers import tiny_train_config
     try:
       trainer.train_and_evaluate(tiny_train_config("digits_cdcb", batch_size=12), {str(tmp_path)!r})
-    except config_validation.ConfigError as e:   # train.py prints it as one line
+    except errors.ConfigError as e:   # train.py prints it as one line
       print(json.dumps({{"error": str(e)}}))
   """)
   assert "training.batch_size = 12" in result["error"] and "8" in result["error"]
 
 
 def _train_cmd(workdir, num_steps, extra=()):
-  overrides = {"model.neef": 4, "model.nsef": 4, "model.ndf": 4, "model.exdim": 2, "model.shdim": 4,
+  overrides = {"model.exclusive_width": 4, "model.shared_width": 4, "model.decoder_width": 4, "model.exclusive_dim": 2, "model.shared_dim": 4,
                "training.num_steps": num_steps, "training.log_every": 2, "training.checkpoint_every": 4,
                "training.progress_bar": "off"}
   return ([sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_zs.py"),
@@ -128,7 +132,7 @@ def _cli_config(num_steps):
   """The config that _train_cmd builds on the command line."""
   from configs import digits_zs
   config = digits_zs.get_config()
-  config.model.update(dict(neef=4, nsef=4, ndf=4, exdim=2, shdim=4))
+  config.model.update(dict(exclusive_width=4, shared_width=4, decoder_width=4, exclusive_dim=2, shared_dim=4))
   config.training.update(dict(num_steps=num_steps, log_every=2, checkpoint_every=4, progress_bar="off"))
   return config
 
@@ -195,7 +199,7 @@ def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_the_last_checkpoint
   _train(config, tmp_path)                         # steps 0..7, checkpoints at 4 and 8
   config.training.num_steps = 20
   config.optimizer.learning_rate = 1e30            # blows up within a few steps
-  with pytest.raises(trainer.NumericalFault, match=r"non-finite value at step \d+ in: .*"):
+  with pytest.raises(NumericalFault, match=r"non-finite value at step \d+ in: .*"):
     _train(config, tmp_path, allow_config_change=True)
   steps = checkpointing.Checkpoints(str(tmp_path / "checkpoints")).steps()
   assert max(steps) == 8                           # nothing saved after the fault
@@ -211,7 +215,7 @@ def test_a_faulty_state_is_never_evaluated(tmp_path):
   def evaluate(model, variables, step):
     evaluated.append(all(np.isfinite(a).all() for a in jax.tree.leaves(variables["params"])))
     return {}
-  with pytest.raises(trainer.NumericalFault):
+  with pytest.raises(NumericalFault):
     _train(config, tmp_path, evaluate=evaluate)
   assert all(evaluated)
 
@@ -228,8 +232,8 @@ def test_a_missing_evaluation_split_fails_before_the_first_step(tmp_path, monkey
     raise DatasetNotFoundError(f"digits_zs: the split folder for {split!r} is missing")
   calls = []
   monkeypatch.setattr(trainer, "make_train_call", lambda *a, **k: calls.append(1))
-  evaluate = evaluation.training_evaluator(config, str(tmp_path),
-                                           datasets=evaluation.Datasets(config, loader))
+  evaluate = evaluation.EvaluationSuite.for_training(config, str(tmp_path),
+                                                     datasets=evaluation.Datasets(config.data, loader))
   with pytest.raises(DatasetNotFoundError, match="split folder for 'test' is missing"):
     _train(config, tmp_path, evaluate=evaluate)
   assert not calls
@@ -360,8 +364,8 @@ def test_a_selection_epoch_after_the_last_step_is_refused_before_training(tmp_pa
 
 
 def test_fault_mask_names_the_offending_sources():
-  mask = (1 << trainer.FAULT_SOURCES.index("data x")) | (1 << trainer.FAULT_SOURCES.index("kl_zs"))
-  message = trainer.describe_fault(17, mask)
+  mask = (1 << train_state.FAULT_SOURCES.index("data x")) | (1 << train_state.FAULT_SOURCES.index("kl_zs"))
+  message = train_state.describe_fault(17, mask)
   assert "step 17" in message and "data x" in message and "kl_zs" in message and "recon_y" not in message
 
 
@@ -400,17 +404,15 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path):
 
 def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_matches_pmap():
   """The train call's compiler options change speed, not results; one program per call length."""
-  import jax.numpy as jnp
   from benchmarks import step_trace
   from iiae_jax import input_pipeline, models, parallel
   config = tiny_train_config("digits_zs", num_steps=4)
   model = models.build_model(config.model)
   train_input = input_pipeline.make_train_input(config)
-  optimizer = trainer.make_optimizer(config.optimizer)
-  x_shape, y_shape = models.input_shapes(config.model)
-  state = trainer.create_train_state(config, model, optimizer, jnp.zeros((1,) + x_shape), jnp.zeros((1,) + y_shape))
-  call = trainer.make_train_call(model, optimizer, dict(config.loss), train_input)
-  assert call.compiler_options == trainer.CPU_COMPILER_OPTIONS
+  optimizer = train_state.make_optimizer(config.optimizer)
+  state = train_state.create_train_state(config.seed, model, optimizer)
+  call = train_state.make_train_call(model, optimizer, config.loss, train_input)
+  assert call.compiler_options == train_state.CPU_COMPILER_OPTIONS
   resident = parallel.replicate(train_input.resident())
   out = {}
   for name, fn in (("options", call), ("plain pmap", call._pmapped)):

@@ -12,7 +12,8 @@ import inspect
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.errors import missing_dataset
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 from iiae_jax.data.offline import PALETTE, PALETTE_NAMES, colorize_pair, digits_cdcb, digits_zs
 from iiae_jax.data.sampling import (ClassIndex, class_balanced_batch, class_index,
                                     epoch_batch_indices, random_flip, steps_per_epoch)
@@ -81,7 +82,7 @@ def dataset_root(name: str, data_dir: Optional[str] = None) -> str:
     root = os.path.join(data_dir, folder)
     if os.path.isdir(root):
       return root
-  raise DatasetNotFoundError.for_dataset(name, os.path.join(data_dir, folders[0]))
+  raise missing_dataset(name, os.path.join(data_dir, folders[0]))
 
 
 def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str = "files",
@@ -112,6 +113,12 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str =
   loader, fixed = _files_loader(name)
   where = (split,) if not info.folders else (dataset_root(name, data_dir), split)
   return loader(*where, **fixed, **options)
+
+
+def load_split(data_config, split: str) -> Union[PairedData, ZeroShotData]:
+  """`load` with the fields of `config.data` (a DataConfig: name, data_dir, source, options)."""
+  return load(data_config.name, split, data_dir=data_config.data_dir or None, source=data_config.source,
+              **dict(data_config.options))
 
 
 def _info(name: str, source: str) -> DatasetInfo:
@@ -178,6 +185,6 @@ __all__ = [
     "DATASETS", "ClassIndex", "DatasetFormatError", "DatasetInfo", "DatasetNotFoundError",
     "PALETTE", "PALETTE_NAMES", "PairedData", "ZeroShotData", "class_balanced_batch",
     "class_index", "colorize_pair", "dataset_root", "default_data_dir", "digits_cdcb",
-    "digits_zs", "epoch_batch_indices", "load", "load_sketchy", "loader_options", "random_flip",
+    "digits_zs", "epoch_batch_indices", "load", "load_sketchy", "load_split", "loader_options", "random_flip",
     "steps_per_epoch",
 ]

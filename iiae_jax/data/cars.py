@@ -24,7 +24,8 @@ import numpy as np
 import scipy.io
 
 from iiae_jax.data import pix2pix
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.errors import missing_dataset
+from iiae_jax.errors import DatasetFormatError
 from iiae_jax.data.types import PairedData
 
 NUM_AZIMUTHS = 24
@@ -186,7 +187,7 @@ def find_car_files(root: str, split: str) -> Dict[int, str]:
   """{car number: path} of the split's car files present under `root`."""
   cars = split_cars(split)
   if not os.path.isdir(root):
-    raise DatasetNotFoundError.for_dataset("cars", root)
+    raise missing_dataset("cars", root)
   paths = {car: os.path.join(root, car_file_name(car)) for car in cars}
   present = {car: path for car, path in paths.items() if os.path.isfile(path)}
   if not present:

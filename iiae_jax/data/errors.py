@@ -1,6 +1,8 @@
-"""Errors the data loaders raise, with what to download and where to put it."""
+"""What to download for each on-disk dataset, and where to put it: the text of a DatasetNotFoundError."""
 import os
 from typing import Optional
+
+from iiae_jax.errors import DatasetNotFoundError
 
 # What each on-disk dataset needs, in the words a user acts on. `{root}` is the
 # folder the loader looked in.
@@ -31,17 +33,9 @@ DOWNLOADS = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
-  """A dataset's folder or one of its files is missing; the message says how to get it."""
-
-  @classmethod
-  def for_dataset(cls, name: str, root: str, missing: Optional[str] = None) -> "DatasetNotFoundError":
-    """The error for dataset `name` expected under `root`; `missing` is the absent path."""
-    missing = missing or root
-    what = "directory" if missing == root else "file"
-    how = DOWNLOADS.get(name, "See the dataset's documentation.").format(root=os.fspath(root))
-    return cls(f"{name}: {what} not found: {missing}. {how}")
-
-
-class DatasetFormatError(ValueError):
-  """A dataset file exists but its content is not what the loader expects."""
+def missing_dataset(name: str, root: str, missing: Optional[str] = None) -> DatasetNotFoundError:
+  """The error for dataset `name` expected under `root`; `missing` is the absent path."""
+  missing = missing or root
+  what = "directory" if missing == root else "file"
+  how = DOWNLOADS.get(name, "See the dataset's documentation.").format(root=os.fspath(root))
+  return DatasetNotFoundError(f"{name}: {what} not found: {missing}. {how}")

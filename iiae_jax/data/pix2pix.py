@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from iiae_jax.data import errors
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 from iiae_jax.data.types import PairedData
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -13,7 +13,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.errors import missing_dataset
+from iiae_jax.errors import DatasetFormatError
 from iiae_jax.data.types import ZeroShotData
 
 # Item counts of the canonical split 1 (100 seen / 25 unseen classes). Split 2
@@ -83,7 +84,7 @@ def _domain(directory: str, split: str, domain: str, feature_dim: int,
   files = [os.path.join(directory, f"{split}_{domain}_{kind}.npy") for kind in ("features", "paths")]
   for f in files:
     if not os.path.isfile(f):
-      raise DatasetNotFoundError.for_dataset("sketchy", os.path.dirname(directory), missing=f)
+      raise missing_dataset("sketchy", os.path.dirname(directory), missing=f)
   features = _load_features(files[0], feature_dim)
   paths = _load_paths(files[1])
   if len(paths) != len(features):
@@ -122,10 +123,10 @@ def load_sketchy(root: str, split: str, sketchy_split: int = 1, feature_dim: int
     raise ValueError(f"sketchy_split must be 1 or 2, got {sketchy_split!r}")
   root = os.fspath(root)
   if not os.path.isdir(root):
-    raise DatasetNotFoundError.for_dataset("sketchy", root)
+    raise missing_dataset("sketchy", root)
   directory = os.path.join(root, f"split{sketchy_split}")
   if not os.path.isdir(directory):
-    raise DatasetNotFoundError.for_dataset("sketchy", root, missing=directory)
+    raise missing_dataset("sketchy", root, missing=directory)
   check = sketchy_split == 1
   sketch, sketch_classes, sketch_paths = _domain(directory, split, "sketch", feature_dim, check)
   photo, photo_classes, photo_paths = _domain(directory, split, "image", feature_dim, check)

@@ -77,7 +77,7 @@ from PIL import Image
 from iiae_jax.data import cars as cars_lib
 from iiae_jax.data import offline
 from iiae_jax.data import pix2pix
-from iiae_jax.data.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 from iiae_jax.data.types import PairedData, ZeroShotData
 
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"

@@ -12,9 +12,10 @@ import logging
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 
-from iiae_jax import input_pipeline
+from iiae_jax import data as data_lib
 from iiae_jax import metrics as metrics_lib
 from iiae_jax.data import PairedData, ZeroShotData
 from iiae_jax.evaluation import embed as embed_lib
@@ -39,7 +40,7 @@ def describe_dataset(data) -> Dict[str, Any]:
 
 
 class Datasets:
-  """The splits of `config.data`, each loaded once (`input_pipeline.load_split`).
+  """The splits of `config.data`, each loaded once (`iiae_jax.data.load_split`).
 
   A lazily decoded split is kept decoded (as uint8) after its first reading when it fits
   KEEP_DECODED_BYTES: a validation split is read at every evaluation of a run.
@@ -47,8 +48,9 @@ class Datasets:
 
   KEEP_DECODED_BYTES = 1 << 30  # Maps' 800 validation pairs at 256x256: 315 MB
 
-  def __init__(self, config, loader: Optional[Callable[[str], Any]] = None):
-    self._loader = loader or (lambda split: input_pipeline.load_split(config, split))
+  def __init__(self, data_config, loader: Optional[Callable[[str], Any]] = None):
+    """`data_config`: config.data (a DataConfig, or a ConfigDict group with all its fields)."""
+    self._loader = loader or (lambda split: data_lib.load_split(data_config, split))
     self._cache: Dict[str, Any] = {}
 
   def __call__(self, split: str):
@@ -123,6 +125,7 @@ class Evaluator:
   type_name = ""
   FIELDS: Dict[str, Any] = {}          # type-specific fields and their defaults
   DURING_TRAINING = True
+  selects = False                       # whether `selection_score` picks the best checkpoint
 
   def __init__(self, name: str, entry: Mapping[str, Any], embedder: Embedder):
     if not name or "/" in name:
@@ -170,6 +173,11 @@ class Evaluator:
   def evaluate(self, model, variables, step: int, out_dir: Optional[str]) -> Dict[str, float]:
     raise NotImplementedError
 
+  def selection_score(self, metrics: Mapping[str, Any]) -> Optional[float]:
+    """The score that selects the best checkpoint from this evaluator's `metrics` (higher is
+    better), None when this evaluation does not qualify; only for evaluators that `select`."""
+    return None
+
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r}, {self.options})"
 
@@ -211,6 +219,17 @@ class PairedRetrieval(Evaluator):
   the best shared accuracy among checkpoints with exclusive hits <= 1 each).
   """
   type_name = "paired_retrieval"
+  selects = True
+
+  def selection_score(self, metrics: Mapping[str, Any]) -> Optional[float]:
+    """docs/method.md §4: shared X->Y + Y->X accuracy, if the exclusive hits are <= 1 each."""
+    p = self.name + "/"
+    if p + "shared_x_to_y" not in metrics:
+      return None
+    if metrics[p + "exclusive_x_to_y_hits"] > 1 or metrics[p + "exclusive_y_to_x_hits"] > 1:
+      return None
+    # Rounded: equal hit totals tie exactly (0.94 + 0.99 and 1.0 + 0.93 differ in the last bit).
+    return round(float(metrics[p + "shared_x_to_y"] + metrics[p + "shared_y_to_x"]), 9)
 
   def evaluate(self, model, variables, step, out_dir):
     _, _, emb = self.embedder.paired(model, variables, self.split, max_examples=self.options["max_examples"],
@@ -329,73 +348,83 @@ def make_evaluator(name: str, entry: Mapping[str, Any], embedder: Embedder) -> E
 
 
 class EvaluationSuite:
-  """Every evaluator of config.evals (or those that run during training), sharing data."""
+  """Every evaluator of config.evals (or those that run during training), sharing data.
 
-  def __init__(self, evaluators: Sequence[Evaluator], datasets: Datasets):
+  What the training loop calls: `prepare()` before the first step (loads
+  every split, so a missing one fails at start-up), `suite(model, variables,
+  step)` for the metrics, and `selection_score(metrics)` for the rule that
+  picks the best checkpoint (owned by the evaluator whose metrics it reads).
+  """
+
+  def __init__(self, evaluators: Sequence[Evaluator], datasets: Datasets,
+               out_dir: Optional[Callable[[int], Optional[str]]] = None):
     self.evaluators = list(evaluators)
     self.datasets = datasets
+    self._out_dir = out_dir or (lambda step: None)
 
   @classmethod
-  def from_config(cls, config, *, training: bool = False, datasets: Optional[Datasets] = None):
-    """With training=True: only entries with during_training, on data.valid_split when set."""
-    datasets = datasets or Datasets(config)
+  def from_config(cls, config, *, training: bool = False, datasets: Optional[Datasets] = None,
+                  out_dir: Optional[Callable[[int], Optional[str]]] = None):
+    """`config`: a RunConfig (or anything with `.evals` and `.data`). With training=True: only
+    entries with during_training, on data.valid_split when it is set."""
+    datasets = datasets or Datasets(config.data)
     embedder = Embedder(datasets)
-    valid = config.data.get("valid_split", "") if training else ""
+    valid = config.data.valid_split if training else ""
     evaluators = []
-    for name, entry in (config.get("evals") or {}).items():
+    for name, entry in (config.evals or {}).items():
       evaluator = make_evaluator(name, entry, embedder)
       if training and not evaluator.during_training:
         continue
       if valid:
         evaluator.options["split"] = valid
       evaluators.append(evaluator)
-    return cls(evaluators, datasets)
+    return cls(evaluators, datasets, out_dir)
+
+  @classmethod
+  def for_training(cls, config, workdir: str, *, datasets: Optional[Datasets] = None
+                   ) -> Optional["EvaluationSuite"]:
+    """The evaluations of `trainer.train_and_evaluate`; None when no entry runs during training.
+
+    Entries run on config.data.valid_split when it is set (docs/method.md §4:
+    select on validation), else on their own split; images (translation_grid
+    with during_training=True) go to <workdir>/eval_during_training/step_<step>/
+    on process 0.
+    """
+    writes = lambda step: os.path.join(workdir, "eval_during_training", f"step_{int(step)}")
+    out_dir = lambda step: writes(step) if jax.process_index() == 0 else None
+    suite = cls.from_config(config, training=True, datasets=datasets, out_dir=out_dir)
+    if not suite.evaluators:
+      return None
+    logging.info("evaluating during training: %s", ", ".join(
+        f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators))
+    return suite
 
   def __call__(self, model, variables, step: int, out_dir: Optional[str] = None) -> Dict[str, Any]:
+    out_dir = out_dir if out_dir is not None else self._out_dir(step)
     results = {}
     for evaluator in self.evaluators:
       results.update(evaluator(model, variables, step, out_dir))
     return results
 
-  def load_data(self) -> None:
+  def prepare(self) -> None:
     """Loads every split the evaluators read (kept for them): a missing split fails now."""
     for evaluator in self.evaluators:
       for split in evaluator.splits():
         self.datasets(split)
 
   @property
+  def selects(self) -> bool:
+    """Whether an evaluator picks the best checkpoint (then `selection_score` can be non-None)."""
+    return any(e.selects for e in self.evaluators)
+
+  def selection_score(self, metrics: Mapping[str, Any]) -> Optional[float]:
+    """The first selecting evaluator's score of `metrics`, or None."""
+    for evaluator in self.evaluators:
+      if evaluator.selects:
+        return evaluator.selection_score(metrics)
+    return None
+
+  @property
   def artifacts(self) -> List[str]:
     return [path for e in self.evaluators for path in e.artifacts]
 
-
-def training_evaluator(config, workdir: str, *, datasets: Optional[Datasets] = None
-                       ) -> Optional[Callable[[Any, Any, int], Dict[str, Any]]]:
-  """The `evaluate(model, variables, step)` that trainer.train_and_evaluate calls.
-
-  Validates the whole config first (one error naming every bad field). None
-  when config.evals is empty or no entry runs during training. Entries run
-  on config.data.valid_split when it is set (SPEC §4: select on validation),
-  else on their own split; images (translation_grid with during_training=True)
-  go to <workdir>/eval_during_training/step_<step>/.
-  """
-  from iiae_jax import config_validation  # pylint: disable=g-import-not-at-top  # imports this module
-  config_validation.validate_config(config)  # every bad field in one error, evals entries included
-  if not config.get("evals"):
-    return None
-  suite = EvaluationSuite.from_config(config, training=True, datasets=datasets)
-  if not suite.evaluators:
-    return None
-  logging.info("evaluating during training: %s", ", ".join(
-      f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators))
-  writes = any(isinstance(e, TranslationGrid) for e in suite.evaluators)
-
-  def evaluate(model, variables, step):
-    from iiae_jax import parallel  # pylint: disable=g-import-not-at-top
-    out_dir = None
-    if writes and parallel.is_main_process():
-      out_dir = os.path.join(workdir, "eval_during_training", f"step_{int(step)}")
-    return suite(model, variables, step, out_dir)
-
-  evaluate.suite = suite
-  evaluate.prepare = suite.load_data  # the trainer calls it before the first step
-  return evaluate

@@ -15,6 +15,7 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from iiae_jax.inference import decode, exclusive_embedding, shared_embedding
 
@@ -62,7 +63,7 @@ def translation_panels(model, variables, x: jax.Array, y: jax.Array, rng: jax.Ar
   n = x.shape[0]
   z_s_x, z_s_y = shared_embedding(model, variables, x, "x"), shared_embedding(model, variables, y, "y")
   z_x, z_y = exclusive_embedding(model, variables, x, "x"), exclusive_embedding(model, variables, y, "y")
-  draws = [jax.random.normal(jax.random.fold_in(rng, k), (n, model.exdim), jnp.float32)
+  draws = [jax.random.normal(jax.random.fold_in(rng, k), (n, model.exclusive_dim), jnp.float32)
            for k in range(num_samples)]
   out = {
       "recon_x": decode(model, variables, z_s_x, z_x, "x"),
@@ -151,7 +152,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def write_png(path: str, image: np.ndarray) -> str:
   """Saves an (H, W, 1 | 3) image in [-1, 1] as an 8-bit PNG; returns the path."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   pixels = to_uint8(image)
   if pixels.ndim == 3 and pixels.shape[-1] == 1:
     pixels = pixels[..., 0]

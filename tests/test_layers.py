@@ -1,0 +1,46 @@
+"""Pins the layers written for speed (iiae_jax.layers): equal to flax's, gradients included."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import iiae_jax
+from tests.helpers import tiny_model_config
+
+
+def test_biases_feeding_a_batch_norm_get_exactly_zero_gradient():
+  """Their true gradient is 0 (batch norm removes the mean); round-off must not move them."""
+  model = iiae_jax.build_model(tiny_model_config("spatial"))
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), x, x)
+  grads = jax.jit(jax.grad(lambda p: iiae_jax.loss(model, {"params": p, "batch_stats": variables["batch_stats"]},
+                                                   (x, x), jax.random.key(2))[0]))(variables["params"])
+  pre_norm = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(grads)
+              if "PreNorm" in jax.tree_util.keystr(k) and k[-1].key == "bias"}
+  others = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(grads)
+            if "PreNorm" not in jax.tree_util.keystr(k) and k[-1].key == "bias"}
+  assert len(pre_norm) >= 6 and others
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in pre_norm.values())
+  assert any(float(jnp.abs(g).max()) > 0.0 for g in others.values())
+
+
+@pytest.mark.parametrize("shape,features,use_bias", [((2, 5, 7, 3), 4, True), ((1, 4, 4, 8), 2, False),
+                                                     ((3, 1, 2, 1), 5, True)])
+def test_conv_transpose_equals_flax_conv_transpose_with_its_gradients(shape, features, use_bias):
+  import flax.linen as nn
+  from iiae_jax.layers import ConvTranspose
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours = ConvTranspose(features, use_bias=use_bias)
+  variables = ours.init(jax.random.key(1), x)
+  params = dict(variables["params"])
+  if use_bias:
+    params["bias"] = jax.random.normal(jax.random.key(2), (features,))
+  assert params["kernel"].shape == (4, 4, shape[-1], features)
+  reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias)
+  loss = lambda module: lambda p, v: jnp.sum(jnp.sin(module.apply({"params": p}, v)))
+  np.testing.assert_allclose(ours.apply({"params": params}, x), reference.apply({"params": params}, x),
+                             atol=1e-5)
+  g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  g_ref = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
