@@ -9,7 +9,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-# Variance is capped at 1e4 (SPEC §2): exp(9.21035) = 10000.0.
+# Variance is capped at 1e4 (docs/method.md §2): exp(9.21035) = 10000.0.
 MAX_LOGVAR = 9.21035
 
 

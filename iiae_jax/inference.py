@@ -1,4 +1,4 @@
-"""Test-time use of a trained IIAE: embeddings and cross-domain translation (SPEC §5c)."""
+"""Test-time use of a trained IIAE: embeddings and cross-domain translation (docs/method.md §5c)."""
 from typing import Optional
 
 import jax

@@ -1,7 +1,7 @@
-"""The IIAE networks of SPEC §3 as Flax linen modules.
+"""The IIAE networks of docs/method.md §3 as Flax linen modules.
 
 Three architectures share one composition (`IIAE`):
-- "features": feature vectors (Sketchy VGG features, SPEC §3a);
+- "features": feature vectors (Sketchy VGG features, docs/method.md §3a);
 - "spatial":  images with a spatial shared latent (MNIST-CDCB, Facades, Maps, §3b);
 - "flat":     images with a flat shared latent (Cars, §3c).
 
@@ -38,7 +38,7 @@ class _Ctx:
 
 
 def _batch_norm(ctx: _Ctx, name=None) -> nn.BatchNorm:
-  # flax: running = momentum * running + (1 - momentum) * batch, as SPEC §3.
+  # flax: running = momentum * running + (1 - momentum) * batch, as docs/method.md §3.
   return nn.BatchNorm(use_running_average=not ctx.train, momentum=0.9, epsilon=1e-5,
                       scale_init=layers.bn_scale_init, axis_name=ctx.axis_name if ctx.train else None,
                       dtype=ctx.dtype, name=name)
@@ -63,7 +63,7 @@ def _conv_transpose(n, ctx, before_norm=False):
 
 
 def _split(h: jax.Array) -> Gaussian:
-  """(mean | logvar) -> a float32 posterior; the logvar clip of SPEC §2 is exact under bfloat16 too."""
+  """(mean | logvar) -> a float32 posterior; the logvar clip of docs/method.md §2 is exact under bfloat16 too."""
   mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
   return Gaussian(mean, D.clip_logvar(logvar))
 
@@ -82,7 +82,7 @@ def _dropout(h: jax.Array, rate: float, ctx: _Ctx, salt: int) -> jax.Array:
 
 
 class Block(nn.Module):
-  """BatchNorm -> LeakyReLU -> layer: the "Block(n)" of SPEC §3."""
+  """BatchNorm -> LeakyReLU -> layer: the "Block(n)" of docs/method.md §3."""
   features: int
   conv: bool = False
 
@@ -93,7 +93,7 @@ class Block(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Feature vectors (SPEC §3a)
+# Feature vectors (docs/method.md §3a)
 
 
 class FeatureEncoder(nn.Module):
@@ -137,7 +137,7 @@ class FeatureDecoder(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Images (SPEC §3b, §3c)
+# Images (docs/method.md §3b, §3c)
 
 
 def stage_multipliers(resolution: int, latent_resolution: int, cap: int = 8) -> Tuple[int, ...]:

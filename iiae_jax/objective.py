@@ -1,4 +1,4 @@
-"""The IIAE objective of SPEC §2: `loss(model, variables, batch, rng, ...)`.
+"""The IIAE objective of docs/method.md §2: `loss(model, variables, batch, rng, ...)`.
 
     L = (β + λ)(R_x + R_y)
       + c(t)(β + λ)(KL[q(z_x|x)‖N] + KL[q(z_y|y)‖N])
@@ -120,7 +120,7 @@ def loss(model, variables, batch, rng, *, step=0, weights=None, train: bool = Tr
       averaged across it and example noise is indexed by global position.
 
   Returns:
-    (total, aux) with aux["terms"] every term of SPEC §2 (each already
+    (total, aux) with aux["terms"] every term of docs/method.md §2 (each already
     averaged over the local batch), aux["batch_stats"] the updated statistics
     (unchanged when not training) and aux["outputs"] the model's outputs.
   """

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model_config(architecture="features", shared_posterior="joint", num_classes=0):
-  """Small versions of the three SPEC §3 networks, for fast tests."""
+  """Small versions of the three docs/method.md §3 networks, for fast tests."""
   if architecture == "features":
     return ml_collections.ConfigDict(dict(
         architecture="features", x_dim=12, y_dim=10, exclusive_width=8, shared_width=8, exclusive_dim=3, shared_dim=4, decoder_width=8,

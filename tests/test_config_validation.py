@@ -220,7 +220,7 @@ def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
     ("sketchy", "sketchy", 100, 0), ("mnist_cdcb", "mnist_cdcb", 8, 6), ("facades", "facades", 8, 299),
     ("maps", "maps", 8, 399), ("cars", "cars", 8, 0)])
 def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset, batch, select_from_epoch):
-  """SPEC §4's table: each config reads its own dataset at the paper's batch size, trains the
+  """docs/method.md §4's table: each config reads its own dataset at the paper's batch size, trains the
   reference's steps and selects checkpoints from the paper's epoch on, evaluating every
   save_freq steps of the reference."""
   import importlib
@@ -239,7 +239,7 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
     assert models.input_shapes(config.model)[0] == (config.data.options.resolution,) * 2 + (3,)
   for spec in config.evals.values():
     assert spec["split"] in data.DATASETS[dataset].splits
-  assert config.training.keep_every_epochs == (50 if name == "cars" else 0)   # SPEC §4 Cars
+  assert config.training.keep_every_epochs == (50 if name == "cars" else 0)   # docs/method.md §4 Cars
   # The reference trains every image dataset 1,012,000 steps (run_cross_vae.py's max_steps).
   # Cars: 500 epochs, every 50th kept (the reference's 1,012,000 steps at 2,024 per epoch).
   assert (config.training.num_steps, config.training.num_epochs) == {
@@ -248,7 +248,7 @@ def test_every_dataset_config_names_its_dataset_and_the_spec_batch(name, dataset
 
 @pytest.mark.parametrize("split,num_classes", [("1", 100), ("2", 104)])
 def test_each_sketchy_split_config_takes_one_pair_per_training_class(split, num_classes):
-  """SPEC §4/§5a: the batch is one pair per training class (100 on split 1, 104 on split 2);
+  """docs/method.md §4/§5a: the batch is one pair per training class (100 on split 1, 104 on split 2);
   the class-balanced input refuses any other batch, so a wrong config fails before training."""
   import numpy as np
   from configs import sketchy

@@ -1,4 +1,4 @@
-"""Pins the Gaussian math of iiae_jax.distributions (SPEC §1-§2)."""
+"""Pins the Gaussian math of iiae_jax.distributions (docs/method.md §1-§2)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

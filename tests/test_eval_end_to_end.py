@@ -187,4 +187,4 @@ def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layou
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged if r["kind"] == "eval"] == list(range(1, 8))  # after every epoch
   best = checkpointing.Checkpoints(str(workdir / "best")).steps()
-  assert best and min(best) >= 6                   # SPEC §4: checkpoints from epoch 6 on
+  assert best and min(best) >= 6                   # docs/method.md §4: checkpoints from epoch 6 on

@@ -1,4 +1,4 @@
-"""Pins `iiae_jax.loss` (SPEC §2): every term, its transformations and training progress."""
+"""Pins `iiae_jax.loss` (docs/method.md §2): every term, its transformations and training progress."""
 import dataclasses
 import jax
 import jax.numpy as jnp

@@ -36,7 +36,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
 
 
 def test_bfloat16_posteriors_clip_logvar_at_the_exact_bound():
-  """SPEC §2's cap 9.21035 (variance 1e4) is not a bfloat16 number (it would round to 9.1875):
+  """docs/method.md §2's cap 9.21035 (variance 1e4) is not a bfloat16 number (it would round to 9.1875):
   the posterior is cast to float32 before the clip."""
   from iiae_jax import distributions
   posterior = models._split(jnp.full((2, 8), 20.0, jnp.bfloat16))  # pylint: disable=protected-access

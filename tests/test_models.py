@@ -1,4 +1,4 @@
-"""Pins the SPEC §3 networks: sizes, shapes, modes and input checks."""
+"""Pins the docs/method.md §3 networks: sizes, shapes, modes and input checks."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -294,7 +294,7 @@ def _paired_metrics(shared, exclusive_hits=0):
 
 
 def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path):
-  """SPEC §4: evaluations every epoch; earlier ones are logged but do not compete for best/."""
+  """docs/method.md §4: evaluations every epoch; earlier ones are logged but do not compete for best/."""
   from iiae_jax import input_pipeline
   n = input_pipeline.make_train_input(tiny_train_config("digits_cdcb")).num_examples
   config = tiny_train_config("digits_cdcb", batch_size=n // 2)       # 2 steps per epoch
@@ -345,7 +345,7 @@ def test_a_rerun_replaces_the_kept_best_only_with_a_better_one(tmp_path):
 
 
 def test_checkpoints_every_keep_every_epochs_are_never_deleted(tmp_path):
-  """SPEC §4 Cars keeps a checkpoint every 50 epochs: those outlive max_to_keep, and a call of
+  """docs/method.md §4 Cars keeps a checkpoint every 50 epochs: those outlive max_to_keep, and a call of
   several steps ends on each of them (digits_zs: 90 steps per epoch; calls of 4 steps)."""
   config = tiny_train_config("digits_zs", num_steps=200)
   config.training.update(keep_every_epochs=1, max_to_keep=1, checkpoint_every=1000, log_every=1000,

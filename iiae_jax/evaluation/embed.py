@@ -1,4 +1,4 @@
-"""Embeddings of a whole split with the networks' means (SPEC §5a, §5b).
+"""Embeddings of a whole split with the networks' means (docs/method.md §5a, §5b).
 
 The core is pure: `paired_means` maps one batch (x, y) to the four posterior
 means. `embed_paired` / `embed_zero_shot` run its jitted form over a split in

@@ -184,7 +184,7 @@ class Evaluator:
 
 @register
 class ZeroShotRetrieval(Evaluator):
-  """SPEC §5a: sketches (r^x z_s means) retrieve photos (r^y z_s means) by cosine distance.
+  """docs/method.md §5a: sketches (r^x z_s means) retrieve photos (r^y z_s means) by cosine distance.
 
   Reports map_all, and per K: precision@K, map@K (the usual mAP@K: divided by
   the relevant items in the top K) and map@K_reference (the reference release's:
@@ -211,11 +211,11 @@ class ZeroShotRetrieval(Evaluator):
 
 @register
 class PairedRetrieval(Evaluator):
-  """SPEC §5b: nearest-neighbour retrieval of each pair's partner.
+  """docs/method.md §5b: nearest-neighbour retrieval of each pair's partner.
 
   shared_*: by the shared means (r^x vs r^y z_s); exclusive_*: by the
   exclusive means (q z_x vs q z_y), which should be near chance (1 / num_pairs).
-  Accuracies are fractions; *_hits are counts (SPEC §4 model selection keeps
+  Accuracies are fractions; *_hits are counts (docs/method.md §4 model selection keeps
   the best shared accuracy among checkpoints with exclusive hits <= 1 each).
   """
   type_name = "paired_retrieval"
@@ -300,7 +300,7 @@ class Disentanglement(Evaluator):
 
 @register
 class TranslationGrid(Evaluator):
-  """SPEC §5c: reconstructions, X->Y / Y->X translations, style transfer and analogies.
+  """docs/method.md §5c: reconstructions, X->Y / Y->X translations, style transfer and analogies.
 
   Uses the first `num_examples` pairs of the split and `num_samples` random
   exclusive codes (from `seed`). With an output directory it writes one PNG per

@@ -1,4 +1,4 @@
-"""Translation, style-transfer and analogy images (SPEC §5c).
+"""Translation, style-transfer and analogy images (docs/method.md §5c).
 
 Three layers, each usable on its own:
 - `translation_panels` (pure, jittable): decoded images for a batch of pairs;
