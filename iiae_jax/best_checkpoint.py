@@ -24,7 +24,7 @@ class BestCheckpoint:
     self.select_from = select_from
     self.score: Optional[float] = None
     self.step: Optional[int] = None
-    self._checkpoints = checkpointing.Checkpoints(self.directory, 1)
+    self._checkpoints = checkpointing.Checkpoints(self.directory, 1, remove_leftovers=True)
 
   def state(self) -> Dict[str, Any]:
     """What the regular checkpoints record of it (read back by `resume`)."""
@@ -48,7 +48,7 @@ class BestCheckpoint:
                                allow_config_change):
           self._checkpoints.close()
           self.workdir.set_aside("best", f"best.until_step_{start}")
-          self._checkpoints = checkpointing.Checkpoints(self.directory, 1)
+          self._checkpoints = checkpointing.Checkpoints(self.directory, 1, remove_leftovers=True)
           self.score = self.step = None
           return
         self.score = kept.get("score", self.score)

@@ -37,14 +37,13 @@ class ChecksumError(ValueError):
   """A restored array differs from the one saved (bit rot, an overwritten file)."""
 
 
-def _options(directory: str, max_to_keep: Optional[int],
-             keep_period: Optional[int] = None) -> ocp.CheckpointManagerOptions:
-  # Each manager's cross-process barriers are named after its folder: the trainer's checkpoints/
-  # and best/ finish saves in background threads at once, and two barriers of one name on one
-  # process fail ("already ongoing") or wait forever.
+def _options(directory: str, max_to_keep: Optional[int], keep_period: Optional[int],
+             remove_leftovers: bool) -> ocp.CheckpointManagerOptions:
+  # Barriers named after the folder: the trainer's two managers finish saves at the same time.
   prefix = "iiae_" + os.path.basename(directory)
   return ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, keep_period=keep_period, create=True, enable_async_checkpointing=True,
+      cleanup_tmp_directories=remove_leftovers,
       multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix))
 
 
@@ -66,12 +65,18 @@ class _Manager(ocp.CheckpointManager):
 class Checkpoints:
   """Saves and restores (state, meta) pairs under one directory."""
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = 2, keep_period: Optional[int] = None):
+  def __init__(self, directory: str, max_to_keep: Optional[int] = 2, keep_period: Optional[int] = None,
+               remove_leftovers: bool = False):
     """Keeps the newest `max_to_keep` checkpoints, and every one whose step is a multiple of
-    `keep_period`."""
+    `keep_period`. With `remove_leftovers` (a training run), the temporary folders of saves that
+    a kill interrupted are removed: only those orbax names as its own, each logged."""
     self.directory = os.path.abspath(directory)
+    if remove_leftovers and jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in ocp.path.step.tmp_checkpoints(self.directory):
+        logging.warning("removing %s: the temporary folder of an interrupted save",
+                        os.path.join(self.directory, name))
     self._manager = _Manager(self.directory,
-                             options=_options(self.directory, max_to_keep, keep_period))
+                             options=_options(self.directory, max_to_keep, keep_period, remove_leftovers))
 
   def steps(self):
     return sorted(self._manager.all_steps())

@@ -326,6 +326,9 @@ class TrainingConfig(Group):
   select_from_epoch: int = field(0, int_at_least(0), "evaluations before the end of this epoch do "
                                                      "not compete for <workdir>/best")
   progress_bar: str = field("auto", one_of(PROGRESS_BARS), "'auto' (a terminal), 'on' or 'off'")
+  preemption_grace_seconds: int = field(20, int_at_least(1), "after SIGTERM, an evaluation that has "
+                                                             "not stopped by then is cut short (its "
+                                                             "state saved, the rerun redoes it)")
 
   @classmethod
   def cross_checks(cls, errors, valid, values):
@@ -413,6 +416,8 @@ class DistributedConfig(Group):
                                                               "this long stops with an error")
   shutdown_timeout_seconds: int = field(300, int_at_least(1), "how long a finished process waits at "
                                                               "exit for the others")
+  step_timeout_seconds: int = field(1800, int_at_least(1), "a process that makes no progress this long "
+                                                           "stops (training calls: less, once measured)")
 
   @classmethod
   def cross_checks(cls, errors, valid, values):

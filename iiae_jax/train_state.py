@@ -125,10 +125,12 @@ def describe_fault(step: int, mask: int) -> str:
 
 
 def raise_on_fault(replicated: TrainState) -> None:
-  """NumericalFault naming the first faulty step and its culprits, if any (a replicated state)."""
-  fault_step = int(replicated.fault_step[0])
+  """NumericalFault naming the first faulty step and its culprits, if any (a replicated state).
+
+  Reads this process's copy (no collective: every copy holds the same, reduced in the step)."""
+  fault_step, fault_mask = (int(parallel.unreplicate(a)) for a in (replicated.fault_step, replicated.fault_mask))
   if fault_step >= 0:
-    raise NumericalFault(describe_fault(fault_step, int(replicated.fault_mask[0])))
+    raise NumericalFault(describe_fault(fault_step, fault_mask))
 
 
 # XLA:CPU options for the training program. Copy insertion with region analysis

@@ -11,6 +11,7 @@ and hosts (`parallel`). Evaluation is an `EvaluationSuite` passed in.
 import contextlib
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -25,10 +26,11 @@ from iiae_jax import parallel
 from iiae_jax import run_config
 from iiae_jax.best_checkpoint import BestCheckpoint
 from iiae_jax.errors import ConfigError
-from iiae_jax.preemption import Preemption
+from iiae_jax.preemption import Preemption, StopRequested
 from iiae_jax.schedule import Schedule
 from iiae_jax.train_state import (TrainState, create_train_state, make_optimizer, make_train_call,
                                   raise_on_fault)
+from iiae_jax.watchdog import StepWatchdog
 from iiae_jax.workdir import Workdir, refuse_other_config
 
 
@@ -55,8 +57,11 @@ def train_and_evaluate(config, workdir: str, *, evaluations=None, allow_config_c
   os.makedirs(wd.path, exist_ok=True)
   with contextlib.ExitStack() as stack:
     stack.enter_context(wd.locked())
-    preemption = stack.enter_context(Preemption())
-    return _train(run, wd, evaluations, allow_config_change, argv, preemption)
+    preemption = stack.enter_context(Preemption(run.training.preemption_grace_seconds))
+    watchdog = stack.enter_context(StepWatchdog(run.distributed.step_timeout_seconds,
+                                                enabled=jax.process_count() > 1))
+    watchdog.waiting_for(0, "the run's start-up (data, model, compilation)")
+    return _train(run, wd, evaluations, allow_config_change, argv, preemption, watchdog)
 
 
 def _build(run, evaluations):
@@ -72,59 +77,75 @@ def _build(run, evaluations):
   return model, train_input, make_optimizer(run.optimizer), schedule
 
 
-def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption) -> TrainState:
+def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption, watchdog) -> TrainState:
   # A split missing on one host stops every process now, not after a shutdown timeout.
   model, train_input, optimizer, schedule = parallel.run_together(
       lambda: _build(run, evaluations), "the run's start-up (data, model, evaluation splits)")
   checkpoints = checkpointing.Checkpoints(wd.join("checkpoints"), run.training.max_to_keep,
-                                          keep_period=schedule.keep_every or None)
+                                          keep_period=schedule.keep_every or None, remove_leftovers=True)
   best = (BestCheckpoint(wd, run.record, schedule.select_from)
           if evaluations is not None and evaluations.selects else None)
-  state, saved = create_train_state(run.seed, model, optimizer), {}
+  state, saved_record = create_train_state(run.seed, model, optimizer), {}
   if checkpoints.agreed_steps():  # every process resumes, or none
     refuse_other_config(checkpoints.read_meta().get("config", {}), run.record, wd.path, allow_config_change)
     # A damaged newest checkpoint is set aside for the newest valid one.
-    state, saved, step = checkpoints.restore(state, set_aside_damaged=True)
+    state, saved_record, step = checkpoints.restore(state, set_aside_damaged=True)
     state = jax.tree.map(jnp.asarray, state)
     logging.info("resumed from %s at step %d", checkpoints.directory, step)
   start = int(state.step)
   if best is not None:
-    best.resume(saved, start, jax.device_get(state), allow_config_change)
+    best.resume(saved_record, start, jax.device_get(state), allow_config_change)
   wd.record_config(run.tree, start, argv)
 
   writer = observability.MetricWriter(wd.path, enabled=wd.main, start_step=start)
   progress = observability.Progress(schedule.num_steps, start, run.training.progress_bar, enabled=wd.main)
-  window = observability.TrainMetrics(start, saved.get("log_window"))
+  window = observability.TrainMetrics(start, saved_record.get("log_window"))
   train_call = make_train_call(model, optimizer, run.loss, train_input)
   resident = parallel.replicate(train_input.resident())
   replicated = parallel.replicate(state)
   del state
 
-  def save(step, evaluation_pending=False):
-    host = jax.device_get(parallel.unreplicate(replicated))
-    checkpoints.save(step, host, _checkpoint_record(run, step, best, window, evaluation_pending), force=True)
+  def save(step, evaluation_pending=False, host=None):
+    with save_lock:  # the preemption watcher may save an evaluated state from its thread
+      if step in saved:
+        return
+      saved.add(step)
+      host = host if host is not None else jax.device_get(parallel.unreplicate(replicated))
+      checkpoints.save(step, host, _checkpoint_record(run, step, best, window, evaluation_pending), force=True)
 
   def evaluate(step):
+    """Evaluates (every process); SIGTERM meanwhile saves the state and raises StopRequested."""
     host = jax.device_get(parallel.unreplicate(replicated))
-    metrics = _evaluate_together(evaluations, model, host, step, keep_state=lambda: (
-        step in checkpoints.steps() or save(step, evaluation_pending=True)))
-    if not metrics:
-      return
-    writer.write(step, metrics, kind="eval")
-    logging.info("eval at step %d: %s", step, _summary(metrics))
-    if best is not None:
-      best.consider(step, evaluations.selection_score(metrics), host, metrics)
+    keep_state = lambda: step in checkpoints.steps() or save(step, evaluation_pending=True, host=host)
+    watchdog.waiting_for(step, f"the evaluation at step {step}")
+    try:
+      with preemption.deadline(on_overdue=lambda: (keep_state(), checkpoints.wait())):
+        metrics = _evaluate_together(evaluations, model, host, step, keep_state, preemption.check)
+    except StopRequested:
+      keep_state()
+      raise
+    if metrics:
+      writer.write(step, metrics, kind="eval")
+      logging.info("eval at step %d: %s", step, _summary(metrics))
+      if best is not None:
+        best.consider(step, evaluations.selection_score(metrics), host, metrics)
 
+  save_lock, saved, call_lengths = threading.Lock(), set(checkpoints.steps()), set()
   step, stopped_early = start, False
   if start >= schedule.num_steps:
     logging.info("%s is already at step %d of %d: nothing to train", wd.path, start, schedule.num_steps)
   try:
-    if saved.get("evaluation_pending") and evaluations is not None:
+    if saved_record.get("evaluation_pending") and evaluations is not None:
       logging.info("the evaluation at step %d did not finish: running it again", start)
       evaluate(start)
     while step < schedule.num_steps:
       n = schedule.call_length(step)
-      replicated, metrics = train_call(replicated, train_input.host_inputs(step, n), resident)
+      watchdog.waiting_for(step, f"the training data of steps {step}-{step + n - 1}", measured=True)
+      inputs = train_input.host_inputs(step, n)
+      watchdog.waiting_for(step, f"the compiled call of steps {step}-{step + n - 1}",
+                           measured=n in call_lengths)  # a first call of a length compiles
+      call_lengths.add(n)
+      replicated, metrics = train_call(replicated, inputs, resident)
       window.add(metrics)
       step += n
       stop = preemption.stop_now()
@@ -135,13 +156,18 @@ def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption)
         scalars = dict(window.flush(step), learning_rate=run.optimizer.learning_rate)
         writer.write(step, scalars)
         progress.update(step, scalars)
-      if "evaluate" in due and evaluations is not None:
-        evaluate(step)
-      if "save" in due or stop:
-        save(step)
-      if stop and step < schedule.num_steps:
+      if stop:  # an evaluation due now is left to the rerun
+        watchdog.waiting_for(step, f"the checkpoint of step {step}")
+        save(step, evaluation_pending="evaluate" in due and evaluations is not None)
         stopped_early = True
         break
+      if "evaluate" in due and evaluations is not None:
+        evaluate(step)
+      if "save" in due:
+        watchdog.waiting_for(step, f"the checkpoint of step {step}")
+        save(step)
+  except StopRequested:  # during an evaluation: its state is saved, the rerun evaluates it
+    stopped_early = True
   finally:
     checkpoints.close()
     if best is not None:
@@ -161,11 +187,16 @@ def _checkpoint_record(run, step: int, best: Optional[BestCheckpoint], window, e
               time=time.time(), log_window=window.to_json(), evaluation_pending=evaluation_pending)
 
 
-def _evaluate_together(evaluations, model, host: TrainState, step: int, keep_state) -> Dict[str, Any]:
-  """Evaluates on every process; if it fails on any, every process calls `keep_state`, then raises."""
+def _evaluate_together(evaluations, model, host: TrainState, step: int, keep_state, check) -> Dict[str, Any]:
+  """Evaluates on every process; if it fails on any, every process calls `keep_state`, then raises.
+
+  StopRequested passes straight through: every process stops at the same batch (the preemption
+  sync point)."""
   metrics, error = None, None
   try:
-    metrics = evaluations(model, host.variables, step)
+    metrics = evaluations(model, host.variables, step, check=check)
+  except StopRequested:
+    raise
   except Exception as e:  # pylint: disable=broad-except  # re-raised below, after the others agree
     error = e
   parallel.raise_together(error, RuntimeError(

@@ -25,8 +25,8 @@ from iiae_jax.files import unused_path, write_atomically
 RESUMABLE_FIELDS = ("training.num_steps", "training.num_epochs", "training.log_every",
                     "training.checkpoint_every", "training.max_to_keep", "training.keep_every_epochs",
                     "training.eval_every", "training.eval_every_epochs", "training.progress_bar",
-                    "training.steps_per_call", "training.resident_data", "data.data_dir", "evals",
-                    "distributed")
+                    "training.steps_per_call", "training.resident_data", "training.preemption_grace_seconds",
+                    "data.data_dir", "evals", "distributed")
 
 
 def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:

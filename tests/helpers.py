@@ -69,18 +69,20 @@ def flat_leaves(tree) -> dict:
 
 class FunctionSuite:
   """An EvaluationSuite stand-in for the loop's tests: metrics from `fn(model, variables, step)`,
-  the best checkpoint chosen by the real paired-retrieval rule on "<name>/..." keys."""
+  the best checkpoint chosen by the real paired-retrieval rule on "valid/<name>/..." keys."""
   selects = True
 
   def __init__(self, fn, name="paired_retrieval"):
     from iiae_jax import evaluation
     self.fn = fn
-    self._rule = evaluation.make_evaluator(name, {"type": "paired_retrieval"}, embedder=None)
+    self._rule = evaluation.make_evaluator(name, {"type": "paired_retrieval", "split": "valid"}, embedder=None)
 
   def prepare(self):
     pass
 
-  def __call__(self, model, variables, step):
+  def __call__(self, model, variables, step, check=None):
+    if check is not None:
+      check()
     return self.fn(model, variables, step)
 
   def selection_score(self, metrics):

@@ -17,6 +17,9 @@ saves steps 1-3, then restores the newest with process 1 reading step 3 as damag
 
 usage: multihost_worker.py --unseen-on-one PROCESS_ID NUM_PROCESSES PORT WORKDIR
 trains 2 steps, then trains on with process 1 not seeing the checkpoints.
+
+usage: multihost_worker.py --hang-on-one PROCESS_ID NUM_PROCESSES PORT WORKDIR STEP_TIMEOUT_S
+trains 8 steps, with process 1's read of step 5's data hanging (a wedged filesystem).
 """
 import sys
 import time
@@ -24,7 +27,8 @@ import time
 import jax
 
 
-def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_eval_at=0):
+def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_eval_at=0,
+         step_timeout=0):
   if nproc > 1:
     jax.config.update("jax_num_cpu_devices", 2)
   import numpy as np
@@ -36,6 +40,8 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
                                    num_processes=nproc, process_id=pid))
   if heartbeat_timeout:
     config.distributed.heartbeat_timeout_seconds = heartbeat_timeout
+  if step_timeout:
+    config.distributed.step_timeout_seconds = step_timeout
   evaluate = None
   if fail_eval_at:
     config.training.eval_every = 2
@@ -44,8 +50,8 @@ def main(pid, nproc, port, workdir, out, num_steps=4, heartbeat_timeout=0, fail_
       if pid == 1 and step == fail_eval_at:
         raise RuntimeError(f"evaluation broke on process 1 at step {step}")
       score = step / 10 if pid == 0 else 0.0
-      return {"pr/shared_x_to_y": score, "pr/shared_y_to_x": score,
-              "pr/exclusive_x_to_y_hits": 0, "pr/exclusive_y_to_x_hits": 0}
+      return {"valid/pr/shared_x_to_y": score, "valid/pr/shared_y_to_x": score,
+              "valid/pr/exclusive_x_to_y_hits": 0, "valid/pr/exclusive_y_to_x_hits": 0}
     evaluate = FunctionSuite(evaluate_fn, name="pr")
   if fail_eval_at == -1 and pid == 1:
     def prepare():
@@ -117,8 +123,22 @@ def unseen_on_one(pid, nproc, port, workdir):
   main(pid, nproc, port, workdir, f"{workdir}.npz", 4)
 
 
+def hang_on_one(pid, nproc, port, workdir, step_timeout):
+  from iiae_jax import input_pipeline
+  if pid == 1:
+    read = input_pipeline.PairedInput.host_inputs
+
+    def hanging(self, step, k):
+      if step == 5:
+        print(f"process {pid}: the read of step {step}'s data hangs", flush=True)
+        time.sleep(3600)
+      return read(self, step, k)
+    input_pipeline.PairedInput.host_inputs = hanging
+  main(pid, nproc, port, workdir, f"{workdir}.npz", 8, 10, 0, step_timeout)
+
+
 MODES = {"--two-managers": two_managers, "--damaged-on-one": damaged_on_one,
-         "--unseen-on-one": unseen_on_one}
+         "--unseen-on-one": unseen_on_one, "--hang-on-one": hang_on_one}
 
 
 if __name__ == "__main__":

@@ -112,13 +112,14 @@ def test_digits_cdcb_train_then_eval_py_writes_every_metric_grid_and_the_index(t
             for s in ("", "_chance")}
   grid = {"recon_mae_x", "recon_mae_y", "translation_mae_x_to_y", "translation_mae_y_to_x",
           "images_written", "num_examples"}
-  expected = ({f"paired_retrieval/{k}" for k in paired} | {f"disentanglement/{k}" for k in probes}
-              | {f"translation_grid/{k}" for k in grid})
+  # eval.py's keys name the split each metric was computed on (test), as training's name theirs.
+  expected = ({f"test/paired_retrieval/{k}" for k in paired} | {f"test/disentanglement/{k}" for k in probes}
+              | {f"test/translation_grid/{k}" for k in grid})
   assert set(results["metrics"]) == expected
-  assert results["metrics"]["paired_retrieval/num_pairs"] == 359
-  assert all(0.0 <= results["metrics"][f"paired_retrieval/{k}"] <= 1.0
+  assert results["metrics"]["test/paired_retrieval/num_pairs"] == 359
+  assert all(0.0 <= results["metrics"][f"test/paired_retrieval/{k}"] <= 1.0
              for k in paired if not k.endswith("hits") and k != "num_pairs")
-  assert "paired_retrieval/shared_x_to_y" in stdout                 # the printed table
+  assert "test/paired_retrieval/shared_x_to_y" in stdout                 # the printed table
 
   n, s = 4, 2
   size = lambda rows, cols: grids.grid_size(rows, cols, 16, 16)
@@ -127,14 +128,14 @@ def test_digits_cdcb_train_then_eval_py_writes_every_metric_grid_and_the_index(t
            "style_transfer_y_to_x": size(n + 1, n + 1), "analogy_x": size(n + 1, n + 1),
            "analogy_y": size(n + 1, n + 1)}
   assert sorted(results["artifacts"]) == sorted(f"translation_grid/{k}.png" for k in sizes)
-  assert results["metrics"]["translation_grid/images_written"] == len(sizes)
+  assert results["metrics"]["test/translation_grid/images_written"] == len(sizes)
   index = (out / "index.html").read_text()
   for name, (h, w) in sizes.items():
     with Image.open(out / "translation_grid" / f"{name}.png") as im:
       im.load()
       assert im.size == (w, h), name
     assert f'src="translation_grid/{name}.png"' in index
-  assert "paired_retrieval/exclusive_x_to_y_hits" in index
+  assert "test/paired_retrieval/exclusive_x_to_y_hits" in index
   assert _files(workdir / "checkpoints") == checkpoints_before     # the run is untouched
 
 
@@ -151,22 +152,22 @@ def test_digits_zs_train_then_eval_py_reports_zero_shot_retrieval(tmp_path):
   expected = {"map_all", "num_queries", "queries_without_relevant"} | {
       f"{m}@{k}{x}" for k in ks for m, x in (("precision", ""), ("map", ""), ("map", "_reference"))}
   # Two evaluators: unseen classes (test split) and seen classes (train split).
-  assert set(results["metrics"]) == {f"{name}/{k}" for name in ("zs_retrieval", "zs_retrieval_seen")
-                                     for k in expected}
-  assert results["metrics"]["zs_retrieval/num_queries"] == test["num_sketches"]
-  assert (results["metrics"]["zs_retrieval_seen/num_queries"]
+  entries = ("test/zs_retrieval", "train/zs_retrieval_seen")   # each evaluator on its own split
+  assert set(results["metrics"]) == {f"{entry}/{k}" for entry in entries for k in expected}
+  assert results["metrics"]["test/zs_retrieval/num_queries"] == test["num_sketches"]
+  assert (results["metrics"]["train/zs_retrieval_seen/num_queries"]
           == results["datasets"]["train"]["num_sketches"])
-  for name in ("zs_retrieval", "zs_retrieval_seen"):
+  for entry in entries:
     for k in expected - {"num_queries", "queries_without_relevant"}:
-      assert 0.0 <= results["metrics"][f"{name}/{k}"] <= 1.0
+      assert 0.0 <= results["metrics"][f"{entry}/{k}"] <= 1.0
   assert results["artifacts"] == []
-  assert "zs_retrieval/map@50_reference" in (tmp_path / "report" / "index.html").read_text()
+  assert "test/zs_retrieval/map@50_reference" in (tmp_path / "report" / "index.html").read_text()
   error = _eval(config_path, workdir, "--config.training.batch_size=-3", returncode=1)
   assert error.strip().splitlines()[-1] == "  training.batch_size must be an integer >= 0, got -3"
   assert "eval.py: error: invalid config:" in error and "Traceback" not in error
   # The training run evaluated zero-shot retrieval too (on test: the config has no valid split).
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert any("zs_retrieval/map_all" in record for record in logged if record["kind"] == "eval")
+  assert any("test/zs_retrieval/map_all" in record for record in logged if record["kind"] == "eval")
 
 
 def test_mnist_cdcb_config_trains_and_selects_on_pix2pix_files_in_the_real_layout(tmp_path):

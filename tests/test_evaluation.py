@@ -176,34 +176,34 @@ def test_paired_retrieval_pairs_example_i_with_example_i(features):
   config = _config("features", {"pr": dict(type="paired_retrieval")})
   n = 12
   out = _suite(config, _Loader(test=_paired(n=n, shape=(12,), same=True)))(model, same, step=3)
-  assert set(out) == {f"pr/{k}" for k in PAIRED_KEYS}
-  assert out["pr/shared_x_to_y"] == out["pr/shared_y_to_x"] == 1.0
-  assert out["pr/shared_x_to_y_hits"] == n and out["pr/num_pairs"] == n
-  assert out["pr/exclusive_x_to_y_hits"] == out["pr/exclusive_y_to_x_hits"] == 1
-  assert out["pr/exclusive_x_to_y"] == pytest.approx(1 / n)
+  assert set(out) == {f"test/pr/{k}" for k in PAIRED_KEYS}
+  assert out["test/pr/shared_x_to_y"] == out["test/pr/shared_y_to_x"] == 1.0
+  assert out["test/pr/shared_x_to_y_hits"] == n and out["test/pr/num_pairs"] == n
+  assert out["test/pr/exclusive_x_to_y_hits"] == out["test/pr/exclusive_y_to_x_hits"] == 1
+  assert out["test/pr/exclusive_x_to_y"] == pytest.approx(1 / n)
   assert _suite(config, None).selection_score(out) == 2.0
   # Pairs shuffled: x_i's shared twin is now y_{perm^-1(i)}, never y_i.
   data = _paired(n=n, shape=(12,), same=True)
   perm = np.roll(np.arange(n), 1)
   shuffled = PairedData("synthetic", "test", data.x, data.x[perm])
   out = _suite(config, _Loader(test=shuffled))(model, same, step=3)
-  assert out["pr/shared_x_to_y"] == out["pr/shared_y_to_x"] == 0.0
+  assert out["test/pr/shared_x_to_y"] == out["test/pr/shared_y_to_x"] == 0.0
   for key in PAIRED_KEYS - {"num_pairs", "chance"}:
     if key.endswith("_hits"):
-      assert isinstance(out[f"pr/{key}"], int) and 0 <= out[f"pr/{key}"] <= n
+      assert isinstance(out[f"test/pr/{key}"], int) and 0 <= out[f"test/pr/{key}"] <= n
     else:
-      assert 0.0 <= out[f"pr/{key}"] <= 1.0
+      assert 0.0 <= out[f"test/pr/{key}"] <= 1.0
   # Duplicates make the directions differ: x = (b, b, c), y = (b, c, c), identical encoders.
   # X->Y: x_0 finds y_0; x_1 ties y_0 and y_1 at 0 (y_0, lower index); x_2 ties y_1 first: 1 hit.
   # Y->X: y_0 ties x_0 and x_1 (x_0: a hit); y_1 finds x_2 (a miss); y_2 finds x_2: 2 hits.
   b, c = np.random.default_rng(3).uniform(-1, 1, (2, 12)).astype(np.float32)
   lopsided = PairedData("synthetic", "test", np.stack([b, b, c]), np.stack([b, c, c]))
   out = _suite(config, _Loader(test=lopsided))(model, same, step=3)
-  assert (out["pr/shared_x_to_y_hits"], out["pr/shared_y_to_x_hits"]) == (1, 2), out
-  assert out["pr/shared_x_to_y"] == pytest.approx(1 / 3) and out["pr/shared_y_to_x"] == pytest.approx(2 / 3)
+  assert (out["test/pr/shared_x_to_y_hits"], out["test/pr/shared_y_to_x_hits"]) == (1, 2), out
+  assert out["test/pr/shared_x_to_y"] == pytest.approx(1 / 3) and out["test/pr/shared_y_to_x"] == pytest.approx(2 / 3)
   # The constant z_y ties every y for each x (y_0 first); all y share one nearest x: 1 hit each way.
-  assert out["pr/exclusive_x_to_y_hits"] == out["pr/exclusive_y_to_x_hits"] == 1
-  assert out["pr/num_pairs"] == 3 and out["pr/chance"] == pytest.approx(1 / 3)
+  assert out["test/pr/exclusive_x_to_y_hits"] == out["test/pr/exclusive_y_to_x_hits"] == 1
+  assert out["test/pr/num_pairs"] == 3 and out["test/pr/chance"] == pytest.approx(1 / 3)
 
 
 def test_zs_retrieval_reports_every_labelled_metric(features):
@@ -218,11 +218,11 @@ def test_zs_retrieval_reports_every_labelled_metric(features):
   out = _suite(config, _Loader(test=data))(model, same, step=0)
   expected = {"map_all", "num_queries", "queries_without_relevant"} | {
       f"{m}@{k}{s}" for k in (1, 5) for m, s in (("precision", ""), ("map", ""), ("map", "_reference"))}
-  assert set(out) == {f"zs/{k}" for k in expected}
-  assert out["zs/precision@1"] == 1.0 and out["zs/map@1"] == 1.0
-  assert out["zs/num_queries"] == 9
+  assert set(out) == {f"test/zs/{k}" for k in expected}
+  assert out["test/zs/precision@1"] == 1.0 and out["test/zs/map@1"] == 1.0
+  assert out["test/zs/num_queries"] == 9
   for k in expected - {"num_queries", "queries_without_relevant"}:
-    assert 0.0 <= out[f"zs/{k}"] <= 1.0
+    assert 0.0 <= out[f"test/zs/{k}"] <= 1.0
   # Photos are embedded by r^y, sketches by r^x: with mirrored encoders photo -v_i is the exact
   # twin of sketch v_i (r^x(-v_i) is not), and with one photo per class each query's only
   # relevant photo is at rank 1.
@@ -233,9 +233,9 @@ def test_zs_retrieval_reports_every_labelled_metric(features):
   emb = evaluation.embed_zero_shot(model, mirrored, data, batch_size=4)
   np.testing.assert_array_equal(emb["photo_z_s"], emb["sketch_z_s"])
   out = _suite(config, _Loader(test=data))(model, mirrored, step=0)
-  assert out["zs/map_all"] == 1.0 and out["zs/precision@1"] == 1.0, out
-  assert out["zs/map@5"] == 1.0 and out["zs/precision@5"] == pytest.approx(1 / 5)
-  assert out["zs/map@5_reference"] == pytest.approx(1 / 5) and out["zs/queries_without_relevant"] == 0
+  assert out["test/zs/map_all"] == 1.0 and out["test/zs/precision@1"] == 1.0, out
+  assert out["test/zs/map@5"] == 1.0 and out["test/zs/precision@5"] == pytest.approx(1 / 5)
+  assert out["test/zs/map@5_reference"] == pytest.approx(1 / 5) and out["test/zs/queries_without_relevant"] == 0
   default = evaluation.make_evaluator("zs", {"type": "zs_retrieval"}, None)
   assert default.options["ks"] == (100,)
 
@@ -247,18 +247,18 @@ def test_disentanglement_probes_each_named_factor_from_each_latent(spatial):
   loader = _Loader(valid=_paired("valid", n=12, seed=2), test=test)
   out = _suite(config, loader)(model, variables, step=0)
   # factor_names of the data (digit, color), not every factor ("image" has no names).
-  expected = {f"dis/{z}/{f}{s}" for z in ("z_s_x", "z_x", "z_y") for f in ("digit", "color")
+  expected = {f"test/dis/{z}/{f}{s}" for z in ("z_s_x", "z_x", "z_y") for f in ("digit", "color")
               for s in ("", "_chance")}
   assert set(out) == expected
   assert all(0.0 <= v <= 1.0 for v in out.values())
-  assert out["dis/z_x/digit_chance"] == pytest.approx(3 / 9)   # test labels 0,1,2 x 3
-  assert out["dis/z_x/color_chance"] == pytest.approx(5 / 9)   # (i // 2) % 2 over 0..8
+  assert out["test/dis/z_x/digit_chance"] == pytest.approx(3 / 9)   # test labels 0,1,2 x 3
+  assert out["test/dis/z_x/color_chance"] == pytest.approx(5 / 9)   # (i // 2) % 2 over 0..8
   assert sorted(set(loader.requests)) == ["test", "valid"]
   # One split for both: fit on the even examples, score on the odd ones (4 of 9).
   config = _config(evals={"dis": dict(type="disentanglement", train_split="test", factor_names=["color"])})
   out = _suite(config, _Loader(test=test))(model, variables, step=0)
-  assert set(out) == {f"dis/{z}/color{s}" for z in ("z_s_x", "z_x", "z_y") for s in ("", "_chance")}
-  assert out["dis/z_s_x/color_chance"] == pytest.approx(2 / 4)  # odd i: colours 0, 1, 1, 0
+  assert set(out) == {f"test/dis/{z}/color{s}" for z in ("z_s_x", "z_x", "z_y") for s in ("", "_chance")}
+  assert out["test/dis/z_s_x/color_chance"] == pytest.approx(2 / 4)  # odd i: colours 0, 1, 1, 0
   config = _config(evals={"dis": dict(type="disentanglement", factor_names=["shape"])})
   with pytest.raises(ValueError, match="shape"):
     _suite(config, _Loader(test=test, train=test))(model, variables, step=0)
@@ -286,9 +286,9 @@ def test_disentanglement_probes_score_each_latent_on_its_own_code(features):
   loader = _Loader(valid=_digit_coded("valid", 10, seed=2), test=_digit_coded("test", 9, seed=1))
   config = _config("features", {"dis": dict(type="disentanglement", train_split="valid", batch_size=8)})
   out = _suite(config, loader)(model, constant_z_y, step=0)
-  assert out["dis/z_s_x/digit"] == 1.0 and out["dis/z_x/digit"] == 1.0, out
-  assert out["dis/z_y/digit"] == out["dis/z_y/digit_chance"] == pytest.approx(1 / 3), out
-  assert out["dis/z_y/color"] == out["dis/z_y/color_chance"] == pytest.approx(5 / 9), out
+  assert out["test/dis/z_s_x/digit"] == 1.0 and out["test/dis/z_x/digit"] == 1.0, out
+  assert out["test/dis/z_y/digit"] == out["test/dis/z_y/digit_chance"] == pytest.approx(1 / 3), out
+  assert out["test/dis/z_y/color"] == out["test/dis/z_y/color_chance"] == pytest.approx(5 / 9), out
 
 
 def test_unknown_evaluator_type_or_field_is_a_clear_error():
@@ -311,13 +311,13 @@ def test_the_training_suite_runs_the_during_training_entries_on_the_validation_s
   suite = evaluation.EvaluationSuite.for_training(config, "/nonexistent",
                                                      datasets=evaluation.Datasets(config.data, loader))
   out = suite(model, variables, 5)
-  assert set(out) == {f"pr/{k}" for k in PAIRED_KEYS}      # no translation_grid
-  assert out["pr/num_pairs"] == 6 and loader.requests == ["valid"]
+  assert set(out) == {f"valid/pr/{k}" for k in PAIRED_KEYS}      # no translation_grid
+  assert out["valid/pr/num_pairs"] == 6 and loader.requests == ["valid"]
   loader = _Loader(**data)
   config = _config("features", evals)
   suite = evaluation.EvaluationSuite.for_training(config, "/nonexistent",
                                                      datasets=evaluation.Datasets(config.data, loader))
-  assert suite(model, variables, 5)["pr/num_pairs"] == 8 and loader.requests == ["test"]
+  assert suite(model, variables, 5)["test/pr/num_pairs"] == 8 and loader.requests == ["test"]
   only_grid = _config("features", {"grid": evals["grid"]})
   assert evaluation.EvaluationSuite.for_training(only_grid, "/nonexistent") is None
 
@@ -386,9 +386,9 @@ def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_p
   config = _config(evals={"grid": dict(type="translation_grid", num_examples=3, num_samples=2)})
   suite = _suite(config, _Loader(test=data))
   out = suite(model, variables, step=1, out_dir=str(tmp_path))
-  assert out["grid/images_written"] == 7 and out["grid/num_examples"] == 3
-  assert {"grid/recon_mae_x", "grid/recon_mae_y", "grid/translation_mae_x_to_y",
-          "grid/translation_mae_y_to_x"} <= set(out)
+  assert out["test/grid/images_written"] == 7 and out["test/grid/num_examples"] == 3
+  assert {"test/grid/recon_mae_x", "test/grid/recon_mae_y", "test/grid/translation_mae_x_to_y",
+          "test/grid/translation_mae_y_to_x"} <= set(out)
   assert all(0.0 <= out[k] <= 2.0 for k in out if "mae" in k)
   size = lambda rows, cols: grids.grid_size(rows, cols, RES, RES)   # (height, width)
   expected = {"reconstruction": size(3, 4), "translation_x_to_y": size(3, 4), "translation_y_to_x": size(3, 4),
@@ -438,15 +438,15 @@ def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_p
   # diagonals) against the true pair in the target domain.
   diagonal = lambda a: np.stack([a[i, i] for i in range(3)])
   mae = lambda a, b: float(np.mean(np.abs(a - b)))
-  assert out["grid/recon_mae_x"] == pytest.approx(mae(panels["recon_x"], x), rel=1e-6)
-  assert out["grid/recon_mae_y"] == pytest.approx(mae(panels["recon_y"], y), rel=1e-6)
-  assert out["grid/translation_mae_x_to_y"] == pytest.approx(
+  assert out["test/grid/recon_mae_x"] == pytest.approx(mae(panels["recon_x"], x), rel=1e-6)
+  assert out["test/grid/recon_mae_y"] == pytest.approx(mae(panels["recon_y"], y), rel=1e-6)
+  assert out["test/grid/translation_mae_x_to_y"] == pytest.approx(
       mae(diagonal(panels["style_x_to_y"]), y), rel=1e-6)
-  assert out["grid/translation_mae_y_to_x"] == pytest.approx(
+  assert out["test/grid/translation_mae_y_to_x"] == pytest.approx(
       mae(diagonal(panels["style_y_to_x"]), x), rel=1e-6)
   # Without an output directory nothing is written.
   out = suite(model, variables, step=1)
-  assert out["grid/images_written"] == 0 and suite.artifacts == []
+  assert out["test/grid/images_written"] == 0 and suite.artifacts == []
 
 
 def test_translation_grid_refuses_a_feature_model(features):
@@ -518,7 +518,7 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
                                            datasets=datasets, echo=lines.append)
   out = workdir / "eval_latest_5"
   assert any("no best checkpoint" in line for line in lines)
-  assert any("pr/shared_x_to_y" in line for line in lines)            # the printed table
+  assert any("test/pr/shared_x_to_y" in line for line in lines)            # the printed table
   on_disk = json.loads((out / "results.json").read_text())
   assert on_disk == results
   assert on_disk["checkpoint"] == {"requested": "best", "kind": "latest", "step": 5, "fell_back": True,
@@ -526,9 +526,9 @@ def test_evaluate_checkpoint_falls_back_to_latest_and_writes_results(features, t
                                    "path": str(workdir / "checkpoints" / "5")}
   assert on_disk["config"]["name"] == "configs/x.py"
   assert on_disk["datasets"] == {"test": {"kind": "paired", "num_pairs": 7}}
-  assert set(on_disk["metrics"]) == {f"pr/{k}" for k in PAIRED_KEYS}
+  assert set(on_disk["metrics"]) == {f"test/pr/{k}" for k in PAIRED_KEYS}
   assert {"date", "artifacts", "workdir", "schema_version"} <= set(on_disk)
-  assert "pr/exclusive_y_to_x_hits" in (out / "index.html").read_text()
+  assert "test/pr/exclusive_y_to_x_hits" in (out / "index.html").read_text()
   # The metrics are those of the variables that were saved, and the page shows each value.
   expected = _suite(config, _Loader(test=_paired(n=7, shape=(12,))))(model, variables, step=5)
   assert results["metrics"] == expected
@@ -553,10 +553,10 @@ def test_evaluate_checkpoint_metrics_are_those_of_the_saved_variables(spatial, t
   results = evaluate.evaluate_checkpoint(config, str(workdir), "latest", config_name="configs/x.py",
                                            datasets=evaluation.Datasets(config.data, _Loader(test=data)), echo=None)
   expected = _suite(config, _Loader(test=data))(model, variables, step=4, out_dir=str(tmp_path / "memory"))
-  assert set(expected) == {f"grid/{k}" for k in ("recon_mae_x", "recon_mae_y", "translation_mae_x_to_y",
+  assert set(expected) == {f"test/grid/{k}" for k in ("recon_mae_x", "recon_mae_y", "translation_mae_x_to_y",
                                                  "translation_mae_y_to_x", "images_written", "num_examples")}
   assert results["metrics"] == expected
-  assert results["metrics"]["grid/images_written"] == 7 and results["metrics"]["grid/num_examples"] == 3
+  assert results["metrics"]["test/grid/images_written"] == 7 and results["metrics"]["test/grid/num_examples"] == 3
   page = (workdir / "eval_latest_4" / "index.html").read_text()
   for key, value in expected.items():
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)

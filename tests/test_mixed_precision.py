@@ -58,7 +58,7 @@ def _train_seen_map(tmp_path, dtype):
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in records if r["kind"] == "train"]
   (final_eval,) = [r for r in records if r["kind"] == "eval"]
-  return losses, final_eval["seen/map_all"]
+  return losses, final_eval["train/seen/map_all"]
 
 
 @pytest.mark.slow

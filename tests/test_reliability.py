@@ -267,6 +267,120 @@ def test_a_run_on_a_locked_workdir_refuses_before_touching_it(tmp_path):
   assert _listing(tmp_path) == before
 
 
+class _SlowSuite:
+  """An evaluation of many batches, each after a stop check; it can SIGTERM its own process."""
+  selects = False
+
+  def __init__(self, batches=40, signal_at_step=None):
+    self.batches, self.signal_at_step = batches, signal_at_step
+    self.started, self.finished, self.signalled = [], [], None
+
+  def prepare(self):
+    pass
+
+  def selection_score(self, metrics):
+    return None
+
+  def __call__(self, model, variables, step, check=None):
+    self.started.append(step)
+    for batch in range(self.batches):
+      if batch == 1 and step == self.signal_at_step:
+        self.signalled = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler's preemption notice
+      check()
+      time.sleep(0.02)
+    self.finished.append(step)
+    return {"valid/slow/batches": self.batches}
+
+
+def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch_and_the_rerun_redoes_it(tmp_path):
+  config = tiny_train_config("digits_zs", num_steps=8)
+  config.training.update(eval_every=4, checkpoint_every=1000)
+  suite = _SlowSuite(signal_at_step=4)
+  state = trainer.train_and_evaluate(config, str(tmp_path), evaluations=suite)
+  stopped = time.monotonic()
+  assert int(state.step) == 4 and suite.started == [4] and suite.finished == []
+  assert stopped - suite.signalled < config.training.preemption_grace_seconds
+  assert _steps(tmp_path / "checkpoints") == [4]
+  record = checkpointing.Checkpoints(str(tmp_path / "checkpoints")).read_meta(4)
+  assert record["evaluation_pending"] is True
+  rerun = _SlowSuite()
+  assert int(trainer.train_and_evaluate(config, str(tmp_path), evaluations=rerun).step) == 8
+  assert rerun.started == rerun.finished == [4, 8]       # the interrupted evaluation first
+
+
+STUCK_RUN = """
+import time
+from iiae_jax import trainer
+from tests.helpers import tiny_train_config
+
+class Stuck:
+  selects = False
+  def prepare(self):
+    pass
+  def selection_score(self, metrics):
+    return None
+  def __call__(self, model, variables, step, check=None):
+    if {stuck!r}:
+      print("evaluating at step", step, flush=True)
+      time.sleep(600)                 # busy, and never at a batch boundary
+    return {{"valid/stuck/step": step}}
+
+config = tiny_train_config("digits_zs", num_steps=8)
+config.training.update(eval_every=4, checkpoint_every=1000, preemption_grace_seconds={grace})
+trainer.train_and_evaluate(config, {workdir!r}, evaluations=Stuck())
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_during_an_evaluation_that_does_not_stop_saves_its_state_within_the_grace_time(cli, tmp_path):
+  grace = 3
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-c", STUCK_RUN.format(stuck=True, grace=grace, workdir=str(workdir))],
+                          env=cli.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    lines = []
+    for line in proc.stdout:                # until the evaluation at step 4 has begun
+      lines.append(line)
+      if line.startswith("evaluating at step 4"):
+        break
+    assert proc.poll() is None, "".join(lines)[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rest = proc.communicate(timeout=120)[0]
+    elapsed = time.monotonic() - sent
+  finally:
+    proc.kill()
+  output = "".join(lines) + rest
+  assert proc.returncode == 0, output[-3000:]
+  assert f"did not stop within {grace} s" in output and "finished" not in output
+  assert elapsed < grace + 30, elapsed                  # the save is all that follows the deadline
+  assert _steps(workdir / "checkpoints") == [4]
+  assert checkpointing.Checkpoints(str(workdir / "checkpoints")).read_meta(4)["evaluation_pending"] is True
+  rerun = cli.python(STUCK_RUN.format(stuck=False, grace=grace, workdir=str(workdir)))
+  assert rerun.returncode == 0 and "finished" in rerun.stdout, rerun.stderr[-3000:]
+  evaluated = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["kind"] == "eval"]
+  assert evaluated == [4, 8]
+
+
+def test_leftover_temporary_folders_of_an_interrupted_save_are_removed_and_nothing_else(tmp_path, caplog):
+  checkpoints = tmp_path / "checkpoints"
+  leftover = checkpoints / "4.orbax-checkpoint-tmp"
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "partial").write_text("a kill cut this save short")
+  (checkpoints / "6.damaged").mkdir()                  # set aside by an earlier run: kept
+  (checkpoints / "notes").mkdir()
+  (checkpoints / "notes" / "mine.txt").write_text("the user's")
+  config = tiny_train_config("digits_zs", num_steps=2)
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert not leftover.exists()
+  assert (checkpoints / "6.damaged").is_dir() and (checkpoints / "notes" / "mine.txt").read_text() == "the user's"
+  assert f"removing {leftover}: the temporary folder of an interrupted save" in caplog.text
+  assert _steps(checkpoints) == [2]
+
+
 # ---------------------------------------------------------------------------
 # 3. Damaged checkpoints, and checkpoints of another shape.
 

@@ -288,9 +288,9 @@ def test_a_resumed_run_logs_the_same_windows_as_an_uninterrupted_one(tmp_path):
 
 
 def _paired_metrics(shared, exclusive_hits=0):
-  return {"paired_retrieval/shared_x_to_y": shared, "paired_retrieval/shared_y_to_x": shared,
-          "paired_retrieval/exclusive_x_to_y_hits": exclusive_hits,
-          "paired_retrieval/exclusive_y_to_x_hits": exclusive_hits}
+  return {"valid/paired_retrieval/shared_x_to_y": shared, "valid/paired_retrieval/shared_y_to_x": shared,
+          "valid/paired_retrieval/exclusive_x_to_y_hits": exclusive_hits,
+          "valid/paired_retrieval/exclusive_y_to_x_hits": exclusive_hits}
 
 
 def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path):
@@ -460,7 +460,7 @@ def test_equal_hit_totals_tie_and_the_earlier_evaluation_stays(tmp_path):
 
   def evaluate(model, variables, step):
     metrics = _paired_metrics(0.0)
-    metrics["paired_retrieval/shared_x_to_y"], metrics["paired_retrieval/shared_y_to_x"] = scores[step]
+    metrics["valid/paired_retrieval/shared_x_to_y"], metrics["valid/paired_retrieval/shared_y_to_x"] = scores[step]
     return metrics
   _train(config, tmp_path, evaluate=evaluate)
   assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [2]

@@ -60,12 +60,14 @@ def subset(n: int, max_examples: int = 0, seed: int = 0) -> np.ndarray:
 
 
 def run_batched(fn: Callable[..., Dict[str, jax.Array]], read: Callable[[np.ndarray], tuple],
-                indices: np.ndarray, batch_size: int) -> Dict[str, np.ndarray]:
+                indices: np.ndarray, batch_size: int,
+                check: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
   """Concatenates fn(*read(batch indices)) over `indices` in batches of exactly batch_size.
 
   The last batch is padded by repeating its last index and the padding rows are
   dropped, so `fn` always sees one shape. Evaluation mode has no cross-example
   interaction (running batch statistics), so padding cannot change a result.
+  `check()` runs before each batch (it raises to stop, e.g. on SIGTERM).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -74,6 +76,8 @@ def run_batched(fn: Callable[..., Dict[str, jax.Array]], read: Callable[[np.ndar
     raise ValueError("nothing to embed: the split (or its subset) is empty")
   parts = []
   for start in range(0, indices.size, batch_size):
+    if check is not None:
+      check()
     chunk = indices[start:start + batch_size]
     valid = chunk.size
     if valid < batch_size:
@@ -98,7 +102,7 @@ def check_finite(embeddings: Dict[str, np.ndarray], where: str,
 
 
 def embed_paired(model, variables, data: PairedData, *, indices=None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> Dict[str, np.ndarray]:
+                 batch_size: int = DEFAULT_BATCH_SIZE, check=None) -> Dict[str, np.ndarray]:
   """{"z_s_x", "z_s_y", "z_x", "z_y"}: means for data[indices] (default: every pair).
 
   Spatial z_s keep their shape (N, L, L, C); metrics flatten trailing axes.
@@ -108,13 +112,13 @@ def embed_paired(model, variables, data: PairedData, *, indices=None,
   indices = np.arange(len(data)) if indices is None else np.asarray(indices)
   variables = on_device(variables)
   read = lambda idx: (np.asarray(data.x[idx], np.float32), np.asarray(data.y[idx], np.float32))
-  out = run_batched(functools.partial(_paired_means, model, variables), read, indices, batch_size)
+  out = run_batched(functools.partial(_paired_means, model, variables), read, indices, batch_size, check)
   check_finite(out, f"{data.name}/{data.split}", PAIRED_EMBEDDINGS)
   return out
 
 
 def embed_zero_shot(model, variables, data: ZeroShotData, *, sketch_indices=None, photo_indices=None,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> Dict[str, np.ndarray]:
+                    batch_size: int = DEFAULT_BATCH_SIZE, check=None) -> Dict[str, np.ndarray]:
   """{"sketch_z_s", "photo_z_s"}: r^x means of the sketches and r^y means of the photos."""
   if not isinstance(data, ZeroShotData):
     raise TypeError(f"embed_zero_shot needs ZeroShotData, got {type(data).__name__}")
@@ -124,6 +128,7 @@ def embed_zero_shot(model, variables, data: ZeroShotData, *, sketch_indices=None
                                       ("photo_z_s", data.photo, "y", photo_indices)):
     idx = np.arange(len(features)) if idx is None else np.asarray(idx)
     fn = lambda v, domain=domain, name=name: {name: _shared_means(model, variables, v, domain)}
-    out.update(run_batched(fn, lambda i, f=features: (np.asarray(f[i], np.float32),), idx, batch_size))
+    out.update(run_batched(fn, lambda i, f=features: (np.asarray(f[i], np.float32),), idx, batch_size,
+                           check))
   check_finite(out, f"{data.name}/{data.split}", ZERO_SHOT_EMBEDDINGS)
   return out

@@ -70,6 +70,7 @@ class Embedder:
 
   def __init__(self, datasets: Datasets):
     self.datasets = datasets
+    self.check: Optional[Callable[[], None]] = None   # runs before each batch (raises to stop)
     self._owner = None
     self._memo: Dict[tuple, Any] = {}
 
@@ -90,7 +91,7 @@ class Embedder:
     idx = embed_lib.subset(len(data), max_examples)
     emb = self._remember(variables, ("paired", split, max_examples, batch_size),
                          lambda: embed_lib.embed_paired(model, variables, data, indices=idx,
-                                                        batch_size=batch_size))
+                                                        batch_size=batch_size, check=self.check))
     return data, idx, emb
 
   def zero_shot(self, model, variables, split: str, *, max_examples: int = 0,
@@ -104,7 +105,8 @@ class Embedder:
     p_idx = embed_lib.subset(len(data.photo), max_examples, seed=1)
     emb = self._remember(variables, ("zero_shot", split, max_examples, batch_size),
                          lambda: embed_lib.embed_zero_shot(model, variables, data, sketch_indices=s_idx,
-                                                           photo_indices=p_idx, batch_size=batch_size))
+                                                           photo_indices=p_idx, batch_size=batch_size,
+                                                           check=self.check))
     return data, s_idx, p_idx, emb
 
 
@@ -168,7 +170,12 @@ class Evaluator:
   def __call__(self, model, variables, step: int, out_dir: Optional[str] = None) -> Dict[str, float]:
     self.artifacts = []
     out = self.evaluate(model, variables, int(step), out_dir)
-    return {f"{self.name}/{k}": v for k, v in out.items()}
+    return {f"{self.prefix}{k}": v for k, v in out.items()}
+
+  @property
+  def prefix(self) -> str:
+    """What this evaluator's metric keys start with: its split and its name ("valid/pr/")."""
+    return f"{self.split}/{self.name}/"
 
   def evaluate(self, model, variables, step: int, out_dir: Optional[str]) -> Dict[str, float]:
     raise NotImplementedError
@@ -223,7 +230,7 @@ class PairedRetrieval(Evaluator):
 
   def selection_score(self, metrics: Mapping[str, Any]) -> Optional[float]:
     """docs/method.md §4: shared X->Y + Y->X accuracy, if the exclusive hits are <= 1 each."""
-    p = self.name + "/"
+    p = self.prefix
     if p + "shared_x_to_y" not in metrics:
       return None
     if metrics[p + "exclusive_x_to_y_hits"] > 1 or metrics[p + "exclusive_y_to_x_hits"] > 1:
@@ -361,6 +368,7 @@ class EvaluationSuite:
     self.evaluators = list(evaluators)
     self.datasets = datasets
     self._out_dir = out_dir or (lambda step: None)
+    self._embedders = list(dict.fromkeys(e.embedder for e in self.evaluators if e.embedder is not None))
 
   @classmethod
   def from_config(cls, config, *, training: bool = False, datasets: Optional[Datasets] = None,
@@ -399,11 +407,22 @@ class EvaluationSuite:
         f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators))
     return suite
 
-  def __call__(self, model, variables, step: int, out_dir: Optional[str] = None) -> Dict[str, Any]:
+  def __call__(self, model, variables, step: int, out_dir: Optional[str] = None,
+               check: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """Every evaluator's metrics. `check()` runs before each evaluator and each batch (it raises to
+    stop the evaluation, e.g. when SIGTERM asks the run to stop)."""
     out_dir = out_dir if out_dir is not None else self._out_dir(step)
+    for embedder in self._embedders:
+      embedder.check = check
     results = {}
-    for evaluator in self.evaluators:
-      results.update(evaluator(model, variables, step, out_dir))
+    try:
+      for evaluator in self.evaluators:
+        if check is not None:
+          check()
+        results.update(evaluator(model, variables, step, out_dir))
+    finally:
+      for embedder in self._embedders:
+        embedder.check = None
     return results
 
   def prepare(self) -> None:
