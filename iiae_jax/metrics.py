@@ -103,6 +103,12 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Zero-shot retrieval (SPEC §5a).
 
+
+def ranked_by_cosine(query, gallery) -> np.ndarray:
+  """(queries, gallery) gallery indices, nearest first by cosine distance; ties by gallery index."""
+  q, g = _unit_rows(_embeddings(query, "query")), _unit_rows(_embeddings(gallery, "gallery"))
+  return np.argsort(1.0 - q @ g.T, axis=1, kind="stable")
+
 _REL_BIT = np.uint32(1)
 
 

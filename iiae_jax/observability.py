@@ -61,6 +61,13 @@ class MetricWriter:
           # TensorBoard tags allow [A-Za-z0-9_./-]: "precision@5" -> "precision_at_5".
           self._tb.add_scalar(f"{kind}/{name}".replace("@", "_at_"), value, int(step))
 
+  def write_images(self, step: int, images: Dict[str, np.ndarray]) -> None:
+    """uint8 (H, W, 3) images into TensorBoard's images tab, under "eval/<tag>"."""
+    if not self.enabled:
+      return
+    for tag, image in images.items():
+      self._tb.add_image(f"eval/{tag}".replace("@", "_at_"), np.asarray(image), int(step), dataformats="HWC")
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()

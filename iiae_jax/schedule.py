@@ -6,6 +6,9 @@ from typing import FrozenSet
 from iiae_jax.config import TrainingConfig
 from iiae_jax.errors import ConfigError
 
+# Evaluations during training also draw their pictures (TensorBoard), about this many times a run.
+IMAGE_SETS_PER_RUN = 50
+
 
 def total_steps(training: TrainingConfig, steps_per_epoch: int) -> int:
   """training.num_steps if > 0 (warning if num_epochs is also set), else num_epochs epochs."""
@@ -53,6 +56,14 @@ class Schedule:
     k = self.steps_per_call
     n = min(k - step % k, self.num_steps - step)
     return min(n, self.keep_every - step % self.keep_every) if self.keep_every else n
+
+  def draws_images(self, step: int) -> bool:
+    """Whether the evaluation at `step` draws its pictures: the last, and every evaluation
+    that starts a new 1 / IMAGE_SETS_PER_RUN of the run."""
+    if step == self.num_steps or not self.eval_every:
+      return step == self.num_steps
+    every = max(self.eval_every, self.num_steps // IMAGE_SETS_PER_RUN)
+    return step % every < self.eval_every
 
   def due(self, step: int, n: int) -> FrozenSet[str]:
     """What is due after a call of `n` steps that ended at `step`: 'log', 'evaluate', 'save'."""

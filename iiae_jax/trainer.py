@@ -121,12 +121,14 @@ def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption,
     try:
       with preemption.deadline(on_overdue=lambda: (keep_state(), checkpoints.wait())):
         metrics = _evaluate_together(evaluations, model, host, step, keep_state, preemption.check)
+        if wd.main and schedule.draws_images(step):
+          writer.write_images(step, evaluations.images(model, host.variables, step))
     except StopRequested:
       keep_state()
       raise
     if metrics:
       writer.write(step, metrics, kind="eval")
-      logging.info("eval at step %d: %s", step, _summary(metrics))
+      logging.info("eval at step %d: %s (every metric: metrics.jsonl)", step, evaluations.headline(metrics))
       if best is not None:
         best.consider(step, evaluations.selection_score(metrics), host, metrics)
 
@@ -205,5 +207,3 @@ def _evaluate_together(evaluations, model, host: TrainState, step: int, keep_sta
   return metrics
 
 
-def _summary(metrics: Dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))

@@ -87,3 +87,57 @@ class FunctionSuite:
 
   def selection_score(self, metrics):
     return self._rule.selection_score(metrics)
+
+  def images(self, model, variables, step):
+    return {}
+
+  def headline(self, metrics):
+    return ", ".join(f"{k} {v}" for k, v in metrics.items())
+
+
+def figure_grid(path, cell_width):
+  """The tiled grid inside a figure PNG of `iiae_jax.evaluation.grids`, at its own scale, after
+  checking that it was enlarged by repeating pixels (no smoothing) under its title and labels."""
+  import numpy as np
+  from PIL import Image
+  from iiae_jax.evaluation import grids
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.mode == "RGB", path
+    pixels = np.asarray(im)
+  name = os.path.splitext(os.path.basename(path))[0]
+  labelled = name in ("reconstruction", "translation_x_to_y", "translation_y_to_x")
+  top, left = grids.figure_offset(True, labelled)
+  assert (pixels[:top] < 128).any(), f"{path}: no title or labels above the grid"
+  scale = grids.figure_scale(cell_width)
+  enlarged = pixels[top:, left:]
+  grid = enlarged[::scale, ::scale]
+  np.testing.assert_array_equal(np.repeat(np.repeat(grid, scale, 0), scale, 1), enlarged, err_msg=path)
+  return grid
+
+
+def read_events(directory):
+  """[(tag, step, value)] of every summary in the TensorBoard event files under `directory`:
+  scalars as floats, images decoded to uint8 arrays (the files are read as TensorBoard does)."""
+  import glob
+  import io
+  import struct
+  import numpy as np
+  from PIL import Image
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted(glob.glob(os.path.join(str(directory), "**", "events.out.tfevents.*"), recursive=True)):
+    with open(path, "rb") as f:
+      data = f.read()
+    i = 0
+    while i < len(data):   # records: length (u64), its crc (u32), the event, its crc (u32)
+      (length,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      i += 12 + length + 4
+      for value in event.summary.value:
+        kind = value.WhichOneof("value")
+        if kind == "simple_value":
+          out.append((value.tag, event.step, value.simple_value))
+        elif kind == "image":
+          with Image.open(io.BytesIO(value.image.encoded_image_string)) as im:
+            out.append((value.tag, event.step, np.asarray(im.convert("RGB"))))
+  return out

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from iiae_jax import checkpointing, evaluate, inference, models, recipes, run_config, train_state
 from iiae_jax import evaluation
 from iiae_jax.errors import UsageError
 from iiae_jax.data import PairedData, ZeroShotData
 from iiae_jax.evaluation import grids
+from tests.helpers import figure_grid
 
 RES = 16
 
@@ -319,7 +319,8 @@ def test_the_training_suite_runs_the_during_training_entries_on_the_validation_s
                                                      datasets=evaluation.Datasets(config.data, loader))
   assert suite(model, variables, 5)["test/pr/num_pairs"] == 8 and loader.requests == ["test"]
   only_grid = _config("features", {"grid": evals["grid"]})
-  assert evaluation.EvaluationSuite.for_training(only_grid, "/nonexistent") is None
+  suite = evaluation.EvaluationSuite.for_training(only_grid, "/nonexistent")   # it only draws
+  assert suite.evaluators == [] and [e.name for e in suite.drawing] == ["grid"]
 
 
 # ---------------------------------------------------------------------------
@@ -395,12 +396,9 @@ def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_p
               "style_transfer_x_to_y": size(4, 4), "style_transfer_y_to_x": size(4, 4),
               "analogy_x": size(4, 4), "analogy_y": size(4, 4)}
   assert sorted(os.path.basename(p) for p in suite.artifacts) == sorted(f"{k}.png" for k in expected)
-  for name, (h, w) in expected.items():
-    with Image.open(tmp_path / "grid" / f"{name}.png") as im:
-      assert im.format == "PNG" and im.mode == "RGB" and im.size == (w, h), name
-      pixels = np.asarray(im)
-  with Image.open(tmp_path / "grid" / "analogy_x.png") as im:
-    pixels = np.asarray(im)
+  for name, (h, w) in expected.items():   # labelled figures, enlarged without smoothing
+    assert figure_grid(tmp_path / "grid" / f"{name}.png", RES).shape == (h, w, 3), name
+  pixels = figure_grid(tmp_path / "grid" / "analogy_x.png", RES)
   p = grids.PAD
   assert (pixels[:p] == 255).all()                                     # white padding
   assert (pixels[p:p + RES, p:p + RES] == 0).all()                     # black empty corner
@@ -412,8 +410,7 @@ def test_translation_grid_writes_pngs_of_the_expected_pixel_sizes(spatial, tmp_p
   panels = grids.make_panels(model, variables, x, y, num_samples=2, seed=0)
 
   def cell(name, row, col):
-    with Image.open(tmp_path / "grid" / f"{name}.png") as im:
-      pixels = np.asarray(im)
+    pixels = figure_grid(tmp_path / "grid" / f"{name}.png", RES)
     top, left = p + row * (RES + p), p + col * (RES + p)
     return pixels[top:top + RES, left:left + RES]
 
@@ -682,3 +679,15 @@ def test_a_lazily_decoded_split_is_decoded_once_across_evaluations():
         idx = np.arange(start, min(start + 32, len(data)))
         data.x[idx], data.y[idx]
   assert len(decoded) == 100 + 3 * 200
+
+
+def test_the_retrieval_strip_colours_each_rank_by_relevance_in_cosine_order():
+  query = np.array([[1.0, 0.0], [0.0, 1.0]])
+  gallery = np.array([[0.0, 2.0], [3.0, 0.1], [1.0, 1.0], [5.0, 0.0]])   # cosine order for q0: 3, 1, 2, 0
+  strip = grids.retrieval_strip(query, np.array([0, 1]), gallery, np.array([1, 0, 1, 0]), ["a", "b"], 3,
+                                cell=(40, 20))
+  assert strip.shape == (3 * 20, 4 * 40, 3)
+  colour = lambda row, rank: tuple(strip[20 * (row + 1) + 15, 40 * (rank + 1) + 35])
+  green, red = (170, 225, 170), (240, 170, 170)
+  assert [colour(0, r) for r in range(3)] == [green, green, red]       # gallery 3, 1 (class a), then 2
+  assert [colour(1, r) for r in range(3)] == [green, green, red]       # gallery 0, 2 (class b), then 1

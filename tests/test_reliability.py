@@ -281,6 +281,12 @@ class _SlowSuite:
   def selection_score(self, metrics):
     return None
 
+  def images(self, model, variables, step):
+    return {}
+
+  def headline(self, metrics):
+    return str(metrics)
+
   def __call__(self, model, variables, step, check=None):
     self.started.append(step)
     for batch in range(self.batches):
@@ -320,6 +326,10 @@ class Stuck:
     pass
   def selection_score(self, metrics):
     return None
+  def images(self, model, variables, step):
+    return {{}}
+  def headline(self, metrics):
+    return str(metrics)
   def __call__(self, model, variables, step, check=None):
     if {stuck!r}:
       print("evaluating at step", step, flush=True)

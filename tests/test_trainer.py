@@ -474,3 +474,48 @@ def test_the_plain_progress_line_shows_slow_rates_and_their_eta(caplog):
   with caplog.at_level(logging.INFO):
     progress.update(100, {"loss": 2.5, "steps_per_sec": 1 / 7})
   assert "step 100/1000  loss 2.5  0.143 steps/s  ETA 1:45:00" in caplog.text
+
+
+def test_training_evaluations_name_their_split_draw_into_tensorboard_and_log_one_readable_line(tmp_path, caplog):
+  """digits_cdcb's evaluations on the validation split: metric keys valid/<entry>/<metric> in
+  metrics.jsonl, TensorBoard and best/'s record; the translation and analogy figures as images
+  in the event files (the grid entry computes no metrics during training); one log line of the
+  metrics a user decides on."""
+  from iiae_jax import evaluation
+  from tests.helpers import read_events
+  config = tiny_train_config("digits_cdcb", num_steps=4)
+  config.training.update(eval_every=2, checkpoint_every=1000)
+  config.data.valid_split = "valid"
+  config.evals.paired_retrieval = dict(type="paired_retrieval", split="test", max_examples=20)
+  config.evals.grid = dict(type="translation_grid", split="test", num_examples=3, num_samples=2)
+  with caplog.at_level("INFO"):
+    _train(config, tmp_path, evaluate=evaluation.EvaluationSuite.for_training(config, str(tmp_path)))
+  evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert all(k.startswith("valid/paired_retrieval/") for r in evals for k in r if k not in ("step", "kind", "time"))
+  best = checkpointing.Checkpoints(str(tmp_path / "best"))
+  assert best.steps() and all(k.startswith("valid/paired_retrieval/") for k in best.read_meta(best.steps()[0])["metrics"])
+  events = read_events(tmp_path / "tensorboard")
+  scalars = {(tag, step) for tag, step, value in events if not hasattr(value, "shape")}
+  assert {("eval/valid/paired_retrieval/shared_x_to_y", 2), ("eval/valid/paired_retrieval/shared_x_to_y", 4)} <= scalars
+  images = {(tag, step): value for tag, step, value in events if hasattr(value, "shape")}
+  for step in (2, 4):
+    for grid in ("translation_x_to_y", "translation_y_to_x", "analogy_x", "analogy_y"):
+      image = images[(f"eval/valid/grid/{grid}", step)]
+      assert image.dtype == np.uint8 and image.shape[2] == 3 and image.std() > 0, grid
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval at step")]
+  assert len(lines) == 2 and lines[0].startswith("eval at step 2: paired_retrieval on valid: shared X->Y ")
+  assert "exclusive hits" in lines[0] and "of 20 pairs" in lines[0] and "chance" not in lines[0]
+
+
+def test_zero_shot_evaluations_draw_a_retrieval_strip(tmp_path):
+  """A row per query sketch, its top-ranked photos green where they share its class."""
+  from iiae_jax import evaluation
+  from tests.helpers import read_events
+  config = tiny_train_config("digits_zs", num_steps=2)
+  config.evals.zs = dict(type="zs_retrieval", split="test", ks=(5,))
+  _train(config, tmp_path, evaluate=evaluation.EvaluationSuite.for_training(config, str(tmp_path)))
+  (strip,) = [v for tag, step, v in read_events(tmp_path / "tensorboard") if tag == "eval/test/zs/top_10"]
+  green, red = (np.all(strip == c, axis=-1).sum() for c in ((170, 225, 170), (240, 170, 170)))
+  assert green > 0 and red > 0 and strip.shape[1] == 11 * 84

@@ -113,6 +113,9 @@ class Embedder:
 # ---------------------------------------------------------------------------
 # The evaluators
 
+# The retrieval strip shown during training: this many sketches, each with its top-ranked photos.
+STRIP_QUERIES, STRIP_RANKS = 8, 10
+
 EVALUATORS: Dict[str, type] = {}
 
 
@@ -185,6 +188,17 @@ class Evaluator:
     better), None when this evaluation does not qualify; only for evaluators that `select`."""
     return None
 
+  def images(self, model, variables, step: int) -> Dict[str, np.ndarray]:
+    """{tag: uint8 (H, W, 3) image} to show with the run's curves (TensorBoard); {} by default."""
+    return {}
+
+  def headline(self, metrics: Mapping[str, Any]) -> str:
+    """The few of this evaluator's `metrics` a user decides on, as one short phrase."""
+    return ""
+
+  def _own(self, metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k[len(self.prefix):]: v for k, v in metrics.items() if k.startswith(self.prefix)}
+
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r}, {self.options})"
 
@@ -207,10 +221,24 @@ class ZeroShotRetrieval(Evaluator):
       raise ValueError(f"evals.{self.name}.ks must hold positive integers, got {self.options['ks']!r}")
     self.options["ks"] = tuple(int(k) for k in ks)
 
+  def _retrieval(self, model, variables):
+    return self.embedder.zero_shot(model, variables, self.split, max_examples=self.options["max_examples"],
+                                   batch_size=self.options["batch_size"])
+
+  def headline(self, metrics):
+    m = self._own(metrics)
+    return f"mAP@all {m['map_all']:.3f}, " + ", ".join(f"P@{k} {m[f'precision@{k}']:.3f}"
+                                                       for k in self.options["ks"])
+
+  def images(self, model, variables, step):
+    """A retrieval strip: the top-ranked photos of the first sketches, green where relevant."""
+    data, s_idx, p_idx, emb = self._retrieval(model, variables)
+    return {f"{self.prefix}top_{STRIP_RANKS}": grids.retrieval_strip(
+        emb["sketch_z_s"][:STRIP_QUERIES], data.sketch_labels[s_idx][:STRIP_QUERIES],
+        emb["photo_z_s"], data.photo_labels[p_idx], data.classes, STRIP_RANKS)}
+
   def evaluate(self, model, variables, step, out_dir):
-    data, s_idx, p_idx, emb = self.embedder.zero_shot(
-        model, variables, self.split, max_examples=self.options["max_examples"],
-        batch_size=self.options["batch_size"])
+    data, s_idx, p_idx, emb = self._retrieval(model, variables)
     return metrics_lib.zero_shot_retrieval(emb["sketch_z_s"], data.sketch_labels[s_idx],
                                            emb["photo_z_s"], data.photo_labels[p_idx],
                                            ks=self.options["ks"])
@@ -237,6 +265,11 @@ class PairedRetrieval(Evaluator):
       return None
     # Rounded: equal hit totals tie exactly (0.94 + 0.99 and 1.0 + 0.93 differ in the last bit).
     return round(float(metrics[p + "shared_x_to_y"] + metrics[p + "shared_y_to_x"]), 9)
+
+  def headline(self, metrics):
+    m = self._own(metrics)
+    return (f"shared X->Y {m['shared_x_to_y']:.3f}, Y->X {m['shared_y_to_x']:.3f}; exclusive hits "
+            f"{m['exclusive_x_to_y_hits']} / {m['exclusive_y_to_x_hits']} of {m['num_pairs']} pairs")
 
   def evaluate(self, model, variables, step, out_dir):
     _, _, emb = self.embedder.paired(model, variables, self.split, max_examples=self.options["max_examples"],
@@ -279,6 +312,14 @@ class Disentanglement(Evaluator):
 
   def splits(self):
     return tuple(dict.fromkeys((self.options["train_split"], self.split)))
+
+  def headline(self, metrics):
+    """Each factor as read from each latent, beside chance."""
+    m = self._own(metrics)
+    factors = dict.fromkeys(k.split("/")[1] for k in m if not k.endswith("_chance"))
+    latents = self.options["latents"]
+    return "; ".join(f"{f} from " + ", ".join(f"{z} {m[f'{z}/{f}']:.2f}" for z in latents)
+                     + f" (chance {m[f'{latents[0]}/{f}_chance']:.2f})" for f in factors)
 
   def _factors(self, data: PairedData) -> Tuple[str, ...]:
     names = self.options["factor_names"] or tuple(data.factor_names) or tuple(data.factors)
@@ -324,7 +365,7 @@ class TranslationGrid(Evaluator):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"evals.{self.name}.{field} must be an integer >= {low}, got {value!r}")
 
-  def evaluate(self, model, variables, step, out_dir):
+  def _panels(self, model, variables):
     if model.architecture == "features":
       raise ValueError(f"evals.{self.name}: translation_grid draws images; the model is a "
                        "feature-vector model (model.architecture = 'features')")
@@ -336,6 +377,21 @@ class TranslationGrid(Evaluator):
     x, y = np.asarray(data.x[idx], np.float32), np.asarray(data.y[idx], np.float32)
     panels = grids.make_panels(model, variables, x, y, num_samples=int(self.options["num_samples"]),
                                seed=int(self.options["seed"]))
+    return idx, x, y, panels
+
+  def images(self, model, variables, step):
+    """The translation and analogy grids, as the figures eval.py writes."""
+    _, x, y, panels = self._panels(model, variables)
+    shown = ("translation_x_to_y", "translation_y_to_x", "analogy_x", "analogy_y")
+    layouts = {k: v for k, v in grids.grid_layouts(panels, x, y).items() if k in shown}
+    return {f"{self.prefix}{k}": v for k, v in grids.grid_figures(layouts).items()}
+
+  def headline(self, metrics):
+    m = self._own(metrics)
+    return f"reconstruction MAE x {m['recon_mae_x']:.3f}, y {m['recon_mae_y']:.3f}"
+
+  def evaluate(self, model, variables, step, out_dir):
+    idx, x, y, panels = self._panels(model, variables)
     out = grids.translation_errors(panels, x, y)
     written = {}
     if out_dir is not None:
@@ -359,34 +415,39 @@ class EvaluationSuite:
 
   What the training loop calls: `prepare()` before the first step (loads
   every split, so a missing one fails at start-up), `suite(model, variables,
-  step)` for the metrics, and `selection_score(metrics)` for the rule that
-  picks the best checkpoint (owned by the evaluator whose metrics it reads).
+  step)` for the metrics, `images(...)` for the pictures beside them,
+  `headline(metrics)` for the log line, and `selection_score(metrics)` for
+  the rule that picks the best checkpoint (owned by the evaluator whose
+  metrics it reads). `drawing` evaluators only draw (during training, the
+  translation grids that compute no metrics then).
   """
 
   def __init__(self, evaluators: Sequence[Evaluator], datasets: Datasets,
-               out_dir: Optional[Callable[[int], Optional[str]]] = None):
+               out_dir: Optional[Callable[[int], Optional[str]]] = None,
+               drawing: Sequence[Evaluator] = ()):
     self.evaluators = list(evaluators)
+    self.drawing = list(drawing)
     self.datasets = datasets
     self._out_dir = out_dir or (lambda step: None)
-    self._embedders = list(dict.fromkeys(e.embedder for e in self.evaluators if e.embedder is not None))
+    everyone = self.evaluators + self.drawing
+    self._embedders = list(dict.fromkeys(e.embedder for e in everyone if e.embedder is not None))
 
   @classmethod
   def from_config(cls, config, *, training: bool = False, datasets: Optional[Datasets] = None,
                   out_dir: Optional[Callable[[int], Optional[str]]] = None):
-    """`config`: a RunConfig (or anything with `.evals` and `.data`). With training=True: only
-    entries with during_training, on data.valid_split when it is set."""
+    """`config`: a RunConfig (or anything with `.evals` and `.data`). With training=True: the
+    entries with during_training compute metrics, the others only draw; all on data.valid_split
+    when it is set."""
     datasets = datasets or Datasets(config.data)
     embedder = Embedder(datasets)
     valid = config.data.valid_split if training else ""
-    evaluators = []
+    evaluators, drawing = [], []
     for name, entry in (config.evals or {}).items():
       evaluator = make_evaluator(name, entry, embedder)
-      if training and not evaluator.during_training:
-        continue
       if valid:
         evaluator.options["split"] = valid
-      evaluators.append(evaluator)
-    return cls(evaluators, datasets, out_dir)
+      (evaluators if not training or evaluator.during_training else drawing).append(evaluator)
+    return cls(evaluators, datasets, out_dir, drawing)
 
   @classmethod
   def for_training(cls, config, workdir: str, *, datasets: Optional[Datasets] = None
@@ -401,10 +462,11 @@ class EvaluationSuite:
     writes = lambda step: os.path.join(workdir, "eval_during_training", f"step_{int(step)}")
     out_dir = lambda step: writes(step) if jax.process_index() == 0 else None
     suite = cls.from_config(config, training=True, datasets=datasets, out_dir=out_dir)
-    if not suite.evaluators:
+    if not suite.evaluators and not suite.drawing:
       return None
     logging.info("evaluating during training: %s", ", ".join(
-        f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators))
+        [f"{e.name} ({e.type_name} on {e.split})" for e in suite.evaluators]
+        + [f"{e.name} ({e.type_name} on {e.split}, images only)" for e in suite.drawing]))
     return suite
 
   def __call__(self, model, variables, step: int, out_dir: Optional[str] = None,
@@ -425,9 +487,22 @@ class EvaluationSuite:
         embedder.check = None
     return results
 
+  def images(self, model, variables, step: int) -> Dict[str, np.ndarray]:
+    """{tag: uint8 image} of every evaluator that draws (grids, retrieval strips)."""
+    out = {}
+    for evaluator in self.evaluators + self.drawing:
+      out.update(evaluator.images(model, variables, step))
+    return out
+
+  def headline(self, metrics: Mapping[str, Any]) -> str:
+    """One line of the metrics a user decides on, each evaluator's with its split."""
+    parts = [f"{e.name} on {e.split}: {e.headline(metrics)}" for e in self.evaluators
+             if any(k.startswith(e.prefix) for k in metrics)]
+    return "; ".join(p for p in parts if not p.endswith(": "))
+
   def prepare(self) -> None:
     """Loads every split the evaluators read (kept for them): a missing split fails now."""
-    for evaluator in self.evaluators:
+    for evaluator in self.evaluators + self.drawing:
       for split in evaluator.splits():
         self.datasets(split)
 

@@ -15,8 +15,9 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from iiae_jax import metrics as metrics_lib
 from iiae_jax.inference import decode, exclusive_embedding, shared_embedding
 
 PAD = 2            # pixels between cells and around the grid
@@ -162,10 +163,111 @@ def write_png(path: str, image: np.ndarray) -> str:
   return path
 
 
+# What a reader sees above each grid, and above its columns (none: the grid has image headers).
+GRID_TITLES = {
+    "reconstruction": "Reconstructions from the test-time means",
+    "translation_x_to_y": "X -> Y: z_s of x, z_y drawn from N(0, I)",
+    "translation_y_to_x": "Y -> X: z_s of y, z_x drawn from N(0, I)",
+    "style_transfer_x_to_y": "X -> Y style transfer: z_s of the left column, z_y of the top row",
+    "style_transfer_y_to_x": "Y -> X style transfer: z_s of the left column, z_x of the top row",
+    "analogy_x": "Analogies in X: z_s of the left column, z_x of the top row",
+    "analogy_y": "Analogies in Y: z_s of the left column, z_y of the top row",
+}
+
+
+def column_labels(name: str, num_columns: int) -> Tuple[str, ...]:
+  """The label above each column of grid `name`."""
+  if name == "reconstruction":
+    return ("x", "x rebuilt", "y", "y rebuilt")
+  if name.startswith("translation_"):
+    source, target = ("x", "y") if name.endswith("x_to_y") else ("y", "x")
+    return (f"{source} (source)", f"{target} (true pair)") + tuple(
+        f"draw {k}" for k in range(1, num_columns - 1))
+  kind = "z_y" if name.endswith(("x_to_y", "_y")) else "z_x"
+  return ("z_s from",) + tuple(f"{kind} of {j}" for j in range(1, num_columns))
+
+
+FIGURE_MIN_CELL = 96   # pixels: small images are enlarged (each pixel repeated) to at least this
+
+
+def figure(cells: np.ndarray, title: str = "", labels: Tuple[str, ...] = (), pad: int = PAD) -> np.ndarray:
+  """A grid a person can read: the tiled `cells` (R, C, H, W, ch) in [-1, 1], each pixel
+  repeated so that a cell is at least FIGURE_MIN_CELL wide (no smoothing), under a title line
+  and a label above each column; uint8 (height, width, 3). `figure_offset` says where the
+  enlarged tile starts."""
+  cells = np.asarray(cells)
+  scale = figure_scale(cells.shape[3])
+  grid = to_uint8(tile(cells, pad))
+  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  top, _ = figure_offset(bool(title), bool(labels))
+  canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + top), "white")
+  canvas.paste(Image.fromarray(grid), (0, top))
+  draw = ImageDraw.Draw(canvas)
+  if title:
+    draw.text((pad * scale, 2), title, fill="black", font=_FONT)
+  cell_width = cells.shape[3] * scale
+  for j, label in enumerate(labels):
+    left = (pad + j * (cells.shape[3] + pad)) * scale
+    width = draw.textlength(label, font=_FONT)
+    draw.text((left + max(0, (cell_width - width) / 2), top - _LINE + 1), label, fill="black", font=_FONT)
+  return np.asarray(canvas)
+
+
+def figure_scale(cell_width: int) -> int:
+  return max(1, -(-FIGURE_MIN_CELL // cell_width))
+
+
+def figure_offset(title: bool, labels: bool) -> Tuple[int, int]:
+  """(top, left) pixel of the enlarged tile inside a `figure`."""
+  return _LINE * (int(title) + int(labels)), 0
+
+
+_FONT = ImageFont.load_default(size=12)
+_LINE = 18   # pixels per text line
+
+
+def grid_figures(layouts: Dict[str, np.ndarray], pad: int = PAD) -> Dict[str, np.ndarray]:
+  """Every layout as a titled, labelled `figure`."""
+  out = {}
+  for name, cells in layouts.items():
+    labels = column_labels(name, cells.shape[1]) if name in ("reconstruction", "translation_x_to_y",
+                                                               "translation_y_to_x") else ()
+    out[name] = figure(cells, GRID_TITLES.get(name, name), labels, pad)
+  return out
+
+
 def write_grids(out_dir: str, layouts: Dict[str, np.ndarray], pad: int = PAD) -> Dict[str, str]:
-  """Writes every layout as <out_dir>/<name>.png; {name: path}."""
-  return {name: write_png(os.path.join(out_dir, name + ".png"), tile(cells, pad))
-          for name, cells in layouts.items()}
+  """Writes every layout as a labelled figure <out_dir>/<name>.png; {name: path}."""
+  paths = {}
+  for name, image in grid_figures(layouts, pad).items():
+    paths[name] = os.path.join(out_dir, name + ".png")
+    os.makedirs(out_dir, exist_ok=True)
+    Image.fromarray(image).save(paths[name], format="PNG")
+  return paths
+
+
+def retrieval_strip(query, query_labels, gallery, gallery_labels, classes, ranks: int,
+                    cell: Tuple[int, int] = (84, 22)) -> np.ndarray:
+  """uint8 (H, W, 3): a row per query, its class, then the classes of its `ranks` top-ranked
+  gallery items (cosine distance; ties by gallery index), green where relevant, red where not."""
+  top = metrics_lib.ranked_by_cosine(query, gallery)[:, :ranks]
+  width, height = cell
+  image = Image.new("RGB", (width * (ranks + 1), height * (len(top) + 1)), "white")
+  draw = ImageDraw.Draw(image)
+  draw.text((2, 4), "query", fill="black", font=_FONT)
+  for j in range(ranks):
+    draw.text((width * (j + 1) + 2, 4), f"rank {j + 1}", fill="black", font=_FONT)
+  for i, row in enumerate(top):
+    y = height * (i + 1)
+    draw.text((2, y + 4), str(classes[int(query_labels[i])]), fill="black", font=_FONT)
+    for j, g in enumerate(row):
+      relevant = gallery_labels[g] == query_labels[i]
+      box = (width * (j + 1) + 1, y + 1, width * (j + 2) - 1, y + height - 1)
+      draw.rectangle(box, fill=(170, 225, 170) if relevant else (240, 170, 170))
+      draw.text((box[0] + 2, y + 4), str(classes[int(gallery_labels[g])]), fill="black", font=_FONT)
+  return np.asarray(image)
 
 
 def translation_errors(panels: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
@@ -192,6 +294,8 @@ def make_panels(model, variables, x, y, *, num_samples: int, seed: int = 0,
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-__all__ = ["GRID_DESCRIPTIONS", "combine", "columns", "grid_layouts", "grid_size", "make_panels",
+__all__ = ["GRID_DESCRIPTIONS", "GRID_TITLES", "column_labels", "combine", "columns", "figure",
+           "figure_offset", "figure_scale", "grid_figures", "grid_layouts", "grid_size", "make_panels",
+           "retrieval_strip",
            "tile", "to_uint8", "translation_errors", "translation_panels", "with_headers",
            "write_grids", "write_png"]
