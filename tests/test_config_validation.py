@@ -357,3 +357,25 @@ def test_both_lengths_set_warns_which_one_decides(caplog):
   with caplog.at_level("WARNING"):
     assert schedule.total_steps(_training(config), 7) == 30
   assert not caplog.text
+
+
+def test_a_field_under_its_former_name_is_refused_naming_the_new_one(tmp_path):
+  """The reference's flag names (neef, nsef, exdim, shdim, ndf) were renamed: a config or a
+  command line that still uses one is refused with the field to set instead."""
+  config = _images()
+  with config.model.unlocked():
+    config.model.neef = config.model.exclusive_width
+    del config.model["exclusive_width"]
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  assert "model.neef was renamed model.exclusive_width: set model.exclusive_width instead" in str(e.value)
+  assert "model.exclusive_width is missing" not in str(e.value)
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_cdcb.py"),
+         f"--workdir={workdir}", "--config.model.ndf=8"]
+  proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert ("train.py: error: --config.model.ndf: model.ndf was renamed model.decoder_width: use "
+          "--config.model.decoder_width") in proc.stderr
+  assert not workdir.exists()
