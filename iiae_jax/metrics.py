@@ -19,79 +19,12 @@ import numpy as np
 from iiae_jax import fast_metrics
 
 # ---------------------------------------------------------------------------
-# Input checks (the public boundary).
-
-
-def _embeddings(x, name: str) -> np.ndarray:
-  """`x` as a finite 2-D float array (N, D), trailing axes flattened."""
-  a = np.asarray(x)
-  if a.ndim < 2 or a.shape[0] == 0 or a[0].size == 0:
-    raise ValueError(f"{name} must have shape (N, D, ...) with N >= 1 and D >= 1; got shape {a.shape}")
-  if a.dtype.kind in "iub":
-    a = a.astype(np.float64)
-  elif a.dtype.kind == "f" and a.dtype.itemsize > 8:
-    a = a.astype(np.float64)
-  elif a.dtype.kind == "f" and a.dtype.itemsize < 4 or a.dtype.kind == "V":
-    try:
-      a = a.astype(np.float32)  # float16, bfloat16 (ml_dtypes)
-    except (TypeError, ValueError):
-      raise ValueError(f"{name} must be real-valued; got dtype {a.dtype}") from None
-  elif a.dtype.kind != "f":
-    raise ValueError(f"{name} must be real-valued; got dtype {a.dtype}")
-  a = a.reshape(a.shape[0], -1)
-  bad = ~np.isfinite(a).all(axis=1)
-  if bad.any():
-    rows = np.flatnonzero(bad)
-    raise ValueError(f"{name} has non-finite values (NaN or inf) in {rows.size} of {a.shape[0]} "
-                     f"rows (first: row {rows[0]}); metrics are undefined for them")
-  return a
-
-
-def _labels(labels, n: int, name: str, of: str) -> np.ndarray:
-  a = np.asarray(labels)
-  if a.ndim != 1 or a.shape[0] != n:
-    raise ValueError(f"{name} must have shape ({n},), one label per row of {of}; got shape {a.shape}")
-  return a
-
-
-def _positive_ints(ks, name: str = "ks") -> Tuple[int, ...]:
-  ks = (ks,) if np.ndim(ks) == 0 else tuple(np.asarray(ks, dtype=object).reshape(-1))
-  for k in ks:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k <= 0:
-      raise ValueError(f"{name} must hold positive integers; got {k!r}")
-  return tuple(int(k) for k in ks)
-
-
-def _num_threads(num_threads: Optional[int]) -> Optional[int]:
-  if num_threads is not None and int(num_threads) < 1:
-    raise ValueError(f"num_threads must be >= 1; got {num_threads!r}")
-  return None if num_threads is None else int(num_threads)
-
-
-def _unit_rows(a: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit L2 norm (float64); an all-zero row stays zero."""
-  a = a.astype(np.float64)
-  peak = np.abs(a).max(axis=1, keepdims=True)
-  a = a / np.where(peak > 0, peak, 1.0)  # first to [-1, 1]: squares can neither overflow nor vanish
-  norm = np.sqrt(np.einsum("ij,ij->i", a, a))[:, None]
-  return a / np.where(norm > 0, norm, 1.0)
-
-
-def _scaled_to_unit_peak(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
-  """The arrays in float64 times one power of two that brings their largest magnitude into
-  [1/2, 1): exact, and no square or sum of squares can overflow or vanish."""
-  peak = max(float(np.abs(a).max()) for a in arrays)
-  exponent = -int(np.frexp(peak)[1]) if peak > 0 else 0
-  return tuple(np.ldexp(a.astype(np.float64), exponent) for a in arrays)
-
-
-# ---------------------------------------------------------------------------
 # Zero-shot retrieval (docs/method.md §5a): the definitions.
 
 
 def _cosine_distances(q_unit: np.ndarray, g_unit: np.ndarray) -> np.ndarray:
-  """(Nq, Ng) distances 1 - q.g of unit rows: float64 products rounded once to float32, and
-  round-off below 0 clipped to 0 (so equal float32 distances are exact ties)."""
+  """(Nq, Ng) distances 1 - q.g of unit rows: float64 products rounded once to float32, with
+  round-off below 0 clipped to 0."""
   return np.maximum((1.0 - q_unit @ g_unit.T).astype(np.float32), np.float32(0))
 
 
@@ -101,9 +34,9 @@ def _zero_shot_sums(dist: np.ndarray, q_codes: np.ndarray, g_codes: np.ndarray,
   sum_i prec_i rel_i (Nq,), and per K sum_{i<=K} rel_i and sum_{i<=K} prec_i rel_i (len(ks), Nq).
   """
   order = np.argsort(dist, axis=1, kind="stable")  # ties: the lower gallery index ranks first
-  rel = g_codes[order] == q_codes[:, None]
-  prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
-  gain = np.where(rel, prec, 0.0)
+  rel = g_codes[order] == q_codes[:, None]                        # rel_i
+  prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)  # prec_i
+  gain = np.where(rel, prec, 0.0)                                 # prec_i rel_i
   top_hits = np.stack([rel[:, :k].sum(axis=1) for k in ks])  # ranks beyond the gallery: not relevant
   top_gain = np.stack([gain[:, :k].sum(axis=1) for k in ks])
   return gain.sum(axis=1), top_hits, top_gain
@@ -343,3 +276,70 @@ def disentanglement(latents: Mapping[str, Tuple[object, object]],
       out[f"{z_name}/{f_name}"] = linear_probe_accuracy(z_train, f_train, z_test, f_test, l2=l2)
       out[f"{z_name}/{f_name}_chance"] = chance
   return out
+
+
+# ---------------------------------------------------------------------------
+# Input checks (the public boundary) and scaling.
+
+
+def _embeddings(x, name: str) -> np.ndarray:
+  """`x` as a finite 2-D float array (N, D), trailing axes flattened."""
+  a = np.asarray(x)
+  if a.ndim < 2 or a.shape[0] == 0 or a[0].size == 0:
+    raise ValueError(f"{name} must have shape (N, D, ...) with N >= 1 and D >= 1; got shape {a.shape}")
+  if a.dtype.kind in "iub":
+    a = a.astype(np.float64)
+  elif a.dtype.kind == "f" and a.dtype.itemsize > 8:
+    a = a.astype(np.float64)
+  elif a.dtype.kind == "f" and a.dtype.itemsize < 4 or a.dtype.kind == "V":
+    try:
+      a = a.astype(np.float32)  # float16, bfloat16 (ml_dtypes)
+    except (TypeError, ValueError):
+      raise ValueError(f"{name} must be real-valued; got dtype {a.dtype}") from None
+  elif a.dtype.kind != "f":
+    raise ValueError(f"{name} must be real-valued; got dtype {a.dtype}")
+  a = a.reshape(a.shape[0], -1)
+  bad = ~np.isfinite(a).all(axis=1)
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    raise ValueError(f"{name} has non-finite values (NaN or inf) in {rows.size} of {a.shape[0]} "
+                     f"rows (first: row {rows[0]}); metrics are undefined for them")
+  return a
+
+
+def _labels(labels, n: int, name: str, of: str) -> np.ndarray:
+  a = np.asarray(labels)
+  if a.ndim != 1 or a.shape[0] != n:
+    raise ValueError(f"{name} must have shape ({n},), one label per row of {of}; got shape {a.shape}")
+  return a
+
+
+def _positive_ints(ks, name: str = "ks") -> Tuple[int, ...]:
+  ks = (ks,) if np.ndim(ks) == 0 else tuple(np.asarray(ks, dtype=object).reshape(-1))
+  for k in ks:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k <= 0:
+      raise ValueError(f"{name} must hold positive integers; got {k!r}")
+  return tuple(int(k) for k in ks)
+
+
+def _num_threads(num_threads: Optional[int]) -> Optional[int]:
+  if num_threads is not None and int(num_threads) < 1:
+    raise ValueError(f"num_threads must be >= 1; got {num_threads!r}")
+  return None if num_threads is None else int(num_threads)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit L2 norm (float64); an all-zero row stays zero."""
+  a = a.astype(np.float64)
+  peak = np.abs(a).max(axis=1, keepdims=True)
+  a = a / np.where(peak > 0, peak, 1.0)  # first to [-1, 1]: squares can neither overflow nor vanish
+  norm = np.sqrt(np.einsum("ij,ij->i", a, a))[:, None]
+  return a / np.where(norm > 0, norm, 1.0)
+
+
+def _scaled_to_unit_peak(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
+  """The arrays in float64 times the power of two that brings their largest magnitude into
+  [1/2, 1): exact, and it keeps squared differences finite whatever the inputs' scale."""
+  peak = max(float(np.abs(a).max()) for a in arrays)
+  exponent = -int(np.frexp(peak)[1]) if peak > 0 else 0
+  return tuple(np.ldexp(a.astype(np.float64), exponent) for a in arrays)
