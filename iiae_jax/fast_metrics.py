@@ -167,9 +167,8 @@ def zero_shot_sums(q_unit: np.ndarray, q_codes: np.ndarray, g_unit: np.ndarray, 
   by_label = np.argsort(q_codes, kind="stable")
   q_codes_sorted = q_codes[by_label].astype(np.int32)
   counts_sorted = n_relevant[by_label]
-  q_sorted = q_unit[by_label]
   g_codes = g_codes.astype(np.int32)
-  g_unit_t = np.ascontiguousarray(g_unit.T)
+  g_unit_t = g_unit.T  # a view: BLAS reads the transpose in place
   rows_per_step = min(chunk_size, n_query)
   starts = range(0, n_query, rows_per_step)
   local = threading.local()  # per-thread work buffers, reused across chunks
@@ -182,7 +181,8 @@ def zero_shot_sums(q_unit: np.ndarray, q_codes: np.ndarray, g_unit: np.ndarray, 
       local.keys = np.empty((rows_per_step, n_gallery), np.uint32)
       local.srt = np.empty((rows_per_step, n_gallery), np.uint32)
     keys, srt = local.keys[:n], local.srt[:n]
-    _ranking_keys(q_sorted[start:stop], g_unit_t, q_codes_sorted[start:stop], g_codes, local.sim[:n], keys)
+    _ranking_keys(q_unit[by_label[start:stop]], g_unit_t, q_codes_sorted[start:stop], g_codes,
+                  local.sim[:n], keys)
     # The float64 buffer is free again: it serves as the byte scratch.
     counts = counts_sorted[start:stop]
     ranks = _relevant_ranks(keys, srt, counts, local.sim.reshape(-1).view(np.uint8))
