@@ -1,8 +1,12 @@
-"""Evaluation metrics against deliberately naive implementations of their definitions."""
+"""Evaluation metrics against deliberately naive implementations of their definitions, on the
+plain definitions and on the fast paths alike, and the fast paths against the plain ones."""
+import contextlib
+from unittest import mock
+
 import numpy as np
 import pytest
 
-from iiae_jax import metrics
+from iiae_jax import fast_metrics, metrics
 from iiae_jax.metrics import (disentanglement, linear_probe_accuracy, paired_retrieval_accuracy,
                               zero_shot_retrieval)
 
@@ -83,11 +87,29 @@ def tied_embeddings(rng, n, dim=6):
   return x
 
 
+@contextlib.contextmanager
+def metrics_path(name: str):
+  """Makes the public metrics run the plain definitions ("plain") or the fast paths ("fast")
+  whatever the size of their inputs."""
+  threshold = 0 if name == "fast" else np.inf
+  with mock.patch.object(metrics, "_FAST_RETRIEVAL_MIN_PAIRS", threshold), \
+       mock.patch.object(metrics, "_FAST_PAIRED_MIN_WORK", threshold):
+    yield
+
+
+@pytest.fixture(params=["plain", "fast"])
+def each_path(request):
+  """Runs a test once on the plain definitions and once on the fast paths."""
+  with metrics_path(request.param):
+    yield request.param
+
+
 # ---------------------------------------------------------------------------
 # Zero-shot retrieval.
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.usefixtures("each_path")
 def test_retrieval_matches_naive_on_random_data_with_duplicates(seed):
   rng = np.random.default_rng(seed)
   q, g = rng.normal(size=(60, 8)), rng.normal(size=(150, 8))
@@ -104,7 +126,8 @@ def test_retrieval_matches_naive_on_random_data_with_duplicates(seed):
 def test_retrieval_matches_naive_with_low_cardinality_ties(max_scans, monkeypatch):
   # 0: every mixed tie goes through the 64-bit re-sort; 10**9: every one is
   # resolved by scanning its row; 2: both paths in one run.
-  monkeypatch.setattr(metrics, "_MAX_TIE_SCANS_PER_ROW", max_scans)
+  monkeypatch.setattr(fast_metrics, "_MAX_TIE_SCANS_PER_ROW", max_scans)
+  monkeypatch.setattr(metrics, "_FAST_RETRIEVAL_MIN_PAIRS", 0)
   rng = np.random.default_rng(3)
   q, g = tied_embeddings(rng, 50), tied_embeddings(rng, 120)
   ql, gl = rng.integers(0, 3, 50), rng.integers(0, 3, 120)
@@ -115,6 +138,7 @@ def test_retrieval_matches_naive_with_low_cardinality_ties(max_scans, monkeypatc
   assert_metrics_equal(zero_shot_retrieval(q, ql, g, gl, ks, chunk_size=8, num_threads=2), want)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_retrieval_single_query_and_string_labels():
   rng = np.random.default_rng(4)
   q, g = rng.normal(size=(1, 5)), rng.normal(size=(30, 5))
@@ -124,6 +148,7 @@ def test_retrieval_single_query_and_string_labels():
   assert_metrics_equal(zero_shot_retrieval(q, ql, g, gl, ks=(5, 31)), want)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_hand_worked_example_with_a_tie():
   # Query (1, 0) against five items; cosine distances 1 - cos:
   #   g0 (0, 1): 1      g1 (1, 0): 0      g2 (1, 1): 1 - 1/sqrt(2)
@@ -147,6 +172,7 @@ def test_hand_worked_example_with_a_tie():
   assert_metrics_equal(got, want, atol=1e-12)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_query_class_absent_from_gallery_is_left_out_of_map_all():
   rng = np.random.default_rng(5)
   q, g = rng.normal(size=(20, 4)), rng.normal(size=(40, 4))
@@ -164,6 +190,7 @@ def test_query_class_absent_from_gallery_is_left_out_of_map_all():
   assert_metrics_equal(got, naive_retrieval(q, ql, g, gl, (5,)))
 
 
+@pytest.mark.usefixtures("each_path")
 def test_no_query_with_relevant_items_gives_nan_map_all():
   rng = np.random.default_rng(6)
   got = zero_shot_retrieval(rng.normal(size=(3, 4)), [7, 7, 8], rng.normal(size=(5, 4)),
@@ -172,6 +199,7 @@ def test_no_query_with_relevant_items_gives_nan_map_all():
   assert got["queries_without_relevant"] == 3 and got["precision@2"] == 0.0
 
 
+@pytest.mark.usefixtures("each_path")
 def test_zero_norm_embeddings_sit_at_distance_one():
   # A zero query ties with the whole gallery: the ranking is the gallery order.
   g = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, 0.0]])
@@ -187,6 +215,7 @@ def test_zero_norm_embeddings_sit_at_distance_one():
   assert got["map_all"] == pytest.approx(1 / 2, abs=1e-12)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_retrieval_is_independent_of_chunking_and_threads():
   rng = np.random.default_rng(7)
   q, g = tied_embeddings(rng, 70), rng.normal(size=(90, 6))
@@ -227,6 +256,8 @@ def test_bad_retrieval_inputs_raise_naming_the_argument():
       zero_shot_retrieval(q, ql, g, gl, ks=(10, k))
   with pytest.raises(ValueError, match=r"chunk_size must hold positive integers"):
     zero_shot_retrieval(q, ql, g, gl, chunk_size=0)
+  with pytest.raises(ValueError, match=r"num_threads must be >= 1; got 0"):
+    zero_shot_retrieval(q, ql, g, gl, num_threads=0)
   with pytest.raises(ValueError, match=r"must be real-valued"):
     zero_shot_retrieval(q.astype(complex), ql, g, gl)
   # Mixed label kinds: np.unique would silently take the number 1 for the string "1".
@@ -234,6 +265,7 @@ def test_bad_retrieval_inputs_raise_naming_the_argument():
     zero_shot_retrieval(q, ql, g, [str(c) for c in gl])
 
 
+@pytest.mark.usefixtures("each_path")
 def test_extreme_magnitudes_neither_overflow_nor_vanish():
   # Cosine distances ignore row scale, even where squares leave float64's range.
   rng = np.random.default_rng(17)
@@ -244,12 +276,70 @@ def test_extreme_magnitudes_neither_overflow_nor_vanish():
           == zero_shot_retrieval(q, ql, g, gl, ks=(4,)))
 
 
+@pytest.mark.usefixtures("each_path")
 def test_trailing_axes_are_flattened():
   rng = np.random.default_rng(10)
   q, g = rng.normal(size=(5, 2, 3)), rng.normal(size=(9, 2, 3))
   ql, gl = rng.integers(0, 2, 5), rng.integers(0, 2, 9)
   assert (zero_shot_retrieval(q, ql, g, gl, ks=(3,))
           == zero_shot_retrieval(q.reshape(5, 6), ql, g.reshape(9, 6), gl, ks=(3,)))
+
+
+def hard_retrieval_problem(rng, n_query, n_gallery, n_labels=3):
+  """Tied low-cardinality rows (zero rows among them) with duplicated gallery rows."""
+  q, g = tied_embeddings(rng, n_query), tied_embeddings(rng, n_gallery)
+  g[rng.integers(0, n_gallery, n_gallery // 5)] = g[rng.integers(0, n_gallery, n_gallery // 5)]
+  return q, rng.integers(0, n_labels, n_query), g, rng.integers(0, n_labels, n_gallery)
+
+
+@pytest.mark.parametrize("chunk_size, num_threads", [(1, 1), (7, 2), (256, None)])
+def test_fast_retrieval_equals_the_definitions_with_ties_duplicates_and_extreme_scales(
+    chunk_size, num_threads):
+  rng = np.random.default_rng(20)
+  q, ql, g, gl = hard_retrieval_problem(rng, 90, 400)
+  ks = (1, 10, 133, 1000)
+  with metrics_path("plain"):
+    want = zero_shot_retrieval(q, ql, g, gl, ks)
+  # The ties matter: breaking them the other way changes the metrics.
+  assert naive_retrieval(q, ql, g, gl, ks, tie="relevant_first")["map_all"] > want["map_all"] + 1e-3
+  # Rows of +-1 and +-2 scaled by 1e+-200: their unit rows, so their ties, stay exactly the same.
+  q = q * rng.choice([1.0, 1e200, 1e-200], (len(q), 1))
+  g = g * rng.choice([1.0, 1e200, 1e-200], (len(g), 1))
+  with metrics_path("plain"):
+    assert zero_shot_retrieval(q, ql, g, gl, ks) == want
+  with metrics_path("fast"):
+    got = zero_shot_retrieval(q, ql, g, gl, ks, chunk_size=chunk_size, num_threads=num_threads)
+  assert_metrics_equal(got, want)
+
+
+def test_fast_retrieval_equals_the_definitions_on_random_data_with_duplicates():
+  rng = np.random.default_rng(21)
+  q, g = rng.normal(size=(120, 16)), rng.normal(size=(700, 16))
+  g[rng.integers(0, 700, 150)] = g[rng.integers(0, 700, 150)]
+  q[:10] = g[:10]
+  ql, gl = rng.integers(0, 8, 120), rng.integers(0, 8, 700)
+  with metrics_path("plain"):
+    want = zero_shot_retrieval(q, ql, g, gl, (5, 100))
+  with metrics_path("fast"):
+    got = zero_shot_retrieval(q, ql, g, gl, (5, 100), chunk_size=32, num_threads=2)
+  assert_metrics_equal(got, want)
+
+
+def test_large_retrieval_problems_run_the_fast_path(monkeypatch):
+  calls = []
+  fast = fast_metrics.zero_shot_sums
+
+  def counting(*args, **kwargs):
+    calls.append(args[0].shape[0])
+    return fast(*args, **kwargs)
+  monkeypatch.setattr(fast_metrics, "zero_shot_sums", counting)
+  rng = np.random.default_rng(22)
+  g, gl = rng.normal(size=(256, 3)), rng.integers(0, 4, 256)
+  for n_query in (255, 256):  # 255 * 256 < 2**16 <= 256 * 256
+    q = rng.normal(size=(n_query, 3))
+    got = zero_shot_retrieval(q, rng.integers(0, 4, n_query), g, gl, ks=(5,))
+    assert got["num_queries"] == n_query
+  assert calls == [256]
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +354,7 @@ def naive_paired(x, y):
   return x_to_y, y_to_x  # np.argmin: the lowest index among equal minima
 
 
+@pytest.mark.usefixtures("each_path")
 def test_paired_retrieval_matches_naive_including_ties():
   rng = np.random.default_rng(11)
   x = rng.normal(size=(120, 4, 2, 3))
@@ -277,6 +368,7 @@ def test_paired_retrieval_matches_naive_including_ties():
   assert got["num_pairs"] == 120
 
 
+@pytest.mark.usefixtures("each_path")
 def test_paired_retrieval_tie_goes_to_the_lowest_index():
   x = np.array([[0.0, 0.0], [5.0, 5.0], [9.0, 0.0]])
   y = np.array([[0.0, 0.0], [0.0, 0.0], [9.0, 0.0]])  # y0 == y1: x1 is nearest to both
@@ -286,6 +378,7 @@ def test_paired_retrieval_tie_goes_to_the_lowest_index():
   assert got["x_to_y"] == pytest.approx(2 / 3) and got["y_to_x"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_paired_retrieval_exact_despite_a_large_common_offset():
   # |x|^2 - 2 x.y + |y|^2 in float32 would lose these 1e-3 differences to the
   # 1e4 offset; the result must still match the float64 naive loop.
@@ -296,6 +389,7 @@ def test_paired_retrieval_exact_despite_a_large_common_offset():
   assert (got["x_to_y"], got["y_to_x"]) == pytest.approx(naive_paired(x, y), abs=0)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_paired_retrieval_survives_float32_overflow_and_underflow():
   rng = np.random.default_rng(18)
   x = rng.normal(size=(80, 6))
@@ -316,17 +410,19 @@ def test_paired_retrieval_is_not_slowed_by_one_far_off_embedding(monkeypatch):
   y = x + 2.0 * rng.normal(size=x.shape).astype(np.float32)
   y[7] *= 1000.0
   checked = []
-  resolve = metrics._resolve_nearest  # pylint: disable=protected-access
+  resolve = fast_metrics._resolve_nearest  # pylint: disable=protected-access
 
   def counting(idx, *args, **kwargs):
     checked.append(len(idx))
     return resolve(idx, *args, **kwargs)
-  monkeypatch.setattr(metrics, "_resolve_nearest", counting)
+  monkeypatch.setattr(fast_metrics, "_resolve_nearest", counting)
+  monkeypatch.setattr(metrics, "_FAST_PAIRED_MIN_WORK", 0)
   got = paired_retrieval_accuracy(x, y)
   assert (got["x_to_y"], got["y_to_x"]) == pytest.approx(naive_paired(x, y), abs=0)
   assert sum(checked) < 0.2 * 2 * len(x), checked
 
 
+@pytest.mark.usefixtures("each_path")
 def test_paired_retrieval_of_identical_embeddings_is_only_the_first_pair():
   x = np.ones((40, 8))
   got = paired_retrieval_accuracy(x, x.copy())
@@ -347,6 +443,39 @@ def test_paired_retrieval_validates_inputs():
     paired_retrieval_accuracy(x, x[:9])
   with pytest.raises(ValueError, match=r"emb_x must have shape"):
     paired_retrieval_accuracy(x[0], x[1])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e30, 1e-30, 2e307, 1e-310])
+def test_fast_paired_hits_equal_the_definition_with_ties_duplicates_and_extreme_scales(scale):
+  # Points of a small integer grid: many pairs and competitors at exactly equal distances.
+  rng = np.random.default_rng(23)
+  x = rng.integers(-2, 3, size=(150, 5)).astype(np.float64)
+  y = x + rng.integers(-1, 2, size=x.shape)
+  y[10:20] = y[30:40]
+  x[50:55] = x[60:65]
+  x, y = x * scale, y * scale
+  xs, ys = metrics._scaled_to_unit_peak(x, y)  # pylint: disable=protected-access
+  want = (metrics._nearest_is_own_pair(xs, ys), metrics._nearest_is_own_pair(ys, xs))  # pylint: disable=protected-access
+  got = fast_metrics.paired_hits(x, y, chunk_size=64)
+  for hits, expected in zip(got, want):
+    assert 0 < expected.sum() < len(x)
+    np.testing.assert_array_equal(hits, expected)
+
+
+def test_large_paired_problems_run_the_fast_path(monkeypatch):
+  calls = []
+  fast = fast_metrics.paired_hits
+
+  def counting(x, y, **kwargs):
+    calls.append(x.shape[0])
+    return fast(x, y, **kwargs)
+  monkeypatch.setattr(fast_metrics, "paired_hits", counting)
+  rng = np.random.default_rng(24)
+  for n in (255, 256):  # 255 * 255 * 64 < 2**22 <= 256 * 256 * 64
+    x = rng.normal(size=(n, 64))
+    got = paired_retrieval_accuracy(x, x + rng.normal(size=x.shape))
+    assert got["num_pairs"] == n
+  assert calls == [256]
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from iiae_jax.metrics import zero_shot_retrieval
-from tests.test_metrics import naive_distances, naive_retrieval, tied_embeddings
+from tests.test_metrics import metrics_path, naive_distances, naive_retrieval, tied_embeddings
 
 SETTINGS = settings(max_examples=50, deadline=None)
 TIE_BOUNDED = ("map_all", "precision@{k}", "map@{k}_reference")  # monotone in a relevant item's rank
@@ -95,3 +95,16 @@ def test_class_prototype_queries_of_separated_clusters_score_one(seed, n_classes
   got = zero_shot_retrieval(prototypes[ql], ql, g, gl, ks=(1, k))
   for name in ("map_all", "precision@1", f"precision@{k}", f"map@{k}", f"map@{k}_reference"):
     assert got[name] == pytest.approx(1.0, abs=1e-12), name
+
+
+@SETTINGS
+@given(problems(tied=False) | problems(tied=True), st.integers(1, 4), st.integers(1, 3))
+def test_fast_path_equals_the_definitions(problem, chunk_size, num_threads):
+  q, ql, g, gl, ks, _ = problem
+  with metrics_path("plain"):
+    want = zero_shot_retrieval(q, ql, g, gl, ks)
+  with metrics_path("fast"):
+    got = zero_shot_retrieval(q, ql, g, gl, ks, chunk_size=chunk_size, num_threads=num_threads)
+  assert set(got) == set(want)
+  for name in want:
+    assert got[name] == pytest.approx(want[name], abs=1e-12, nan_ok=True), name
