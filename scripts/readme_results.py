@@ -80,12 +80,14 @@ def _probes(split: str, m: Dict[str, Any]) -> List[str]:
 def tables(results: Dict[str, Any]) -> str:
   """Markdown of every metric table of a results.json."""
   lines: List[str] = []
-  for (split, entry), m in _entries(results["metrics"]).items():
+  entries = _entries(results["metrics"]).items()
+  for (split, entry), m in entries:      # retrieval first, then the probes
     if "shared_x_to_y" in m:
       lines += _paired(split, m)
     elif "map_all" in m:
       lines += _zero_shot(split, entry, m)
-    elif any(k.endswith("_chance") for k in m):
+  for (split, entry), m in entries:
+    if "shared_x_to_y" not in m and "map_all" not in m and any(k.endswith("_chance") for k in m):
       lines += _probes(split, m)
   ck = results["checkpoint"]
   lines.append(f"(`{results['config']['name']}`, checkpoint step {ck['step']}, evaluated {results['date']})")

@@ -46,3 +46,17 @@ def test_every_config_opens_with_its_commands_runtime_and_expected_result(name):
   assert f"python train.py --config=configs/{name}.py" in doc
   assert f"python eval.py  --config=configs/{name}.py" in doc
   assert "Runtime:" in doc and "Expected" in doc
+
+
+@pytest.mark.parametrize("name", ["digits_cdcb", "digits_zs"])
+def test_the_readme_results_are_what_the_script_writes_from_the_kept_results_json(name):
+  """The measured tables are never typed by hand: scripts/readme_results.py writes them from
+  the run's results.json, a copy of which is kept in docs/results/."""
+  import json
+  from scripts import readme_results
+  with open(os.path.join(ROOT, "docs", "results", f"{name}.json")) as f:
+    results = json.load(f)
+  block = readme_results.block_pattern(name).search(README)
+  assert block, f"README.md has no results block for {name}"
+  assert block.group(2).strip() == readme_results.tables(results).strip()
+  assert results["status"] == "complete" and results["config"]["name"] == f"configs/{name}.py"
