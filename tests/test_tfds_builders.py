@@ -3,6 +3,7 @@
 Nothing is downloaded and TensorFlow is never imported.
 """
 import inspect
+import json
 import os
 import sys
 import tarfile
@@ -315,3 +316,32 @@ def test_a_tfds_config_defaults_to_what_the_files_loader_does(name):
   files = DATASETS[name].options
   shared = {k: v for k, v in T.builder_class(name).config_defaults().items() if k in files}
   assert shared and all(files[k] == v for k, v in shared.items())
+
+
+# ---------------------------------------------------------------------------
+# Labels from the metadata are checked on read.
+
+
+def _edit_metadata(dataset, edit):
+  path = os.path.join(dataset.data_dir, "metadata.json")
+  with open(path) as f:
+    meta = json.load(f)
+  edit(meta["splits"])
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_a_label_outside_the_classes_in_the_metadata_is_refused_on_read(tmp_path):
+  dataset = T.prepare("digits_zs", str(tmp_path), max_examples=5)
+  _edit_metadata(dataset, lambda splits: splits["train"]["sketch_labels"].__setitem__(2, 7))
+  with pytest.raises(DatasetFormatError, match=r"digits_zs/train sketch_labels: label 7 at item 2 is "
+                                               r"not a class index in \[0, 7\)"):
+    T.load_tfds("digits_zs", "train", str(tmp_path), max_examples=5)
+  assert T.load_tfds("digits_zs", "test", str(tmp_path), max_examples=5).num_classes == 3
+
+
+def test_a_factor_outside_its_names_in_the_metadata_is_refused_on_read(tmp_path):
+  dataset = T.prepare("digits_cdcb", str(tmp_path), resolution=8, max_examples=4)
+  _edit_metadata(dataset, lambda splits: splits["valid"]["factors"]["y_color"].__setitem__(3, 10))
+  with pytest.raises(DatasetFormatError, match=r"digits_cdcb/valid factor 'y_color': label 10 at item 3"):
+    T.load_tfds("digits_cdcb", "valid", str(tmp_path), resolution=8, max_examples=4)
