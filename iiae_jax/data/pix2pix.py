@@ -395,6 +395,7 @@ ImageFile = Union[str, os.PathLike, EncodedFile]
 
 
 def file_name(file: ImageFile) -> str:
+  """The name errors give `file`: its path, or an EncodedFile's name."""
   return file.name if isinstance(file, EncodedFile) else os.fspath(file)
 
 
