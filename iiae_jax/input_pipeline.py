@@ -45,6 +45,7 @@ class ZeroShotInput:
 
   def __init__(self, config, data: data_lib.ZeroShotData):
     run = run_config.parse(config)
+    data.check_labels()  # labels index the rows and classes on the device, where a bad index is clamped silently
     self.num_classes = data.num_classes
     self.global_batch = run.training.batch_size or self.num_classes
     if self.global_batch != self.num_classes:

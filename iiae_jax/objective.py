@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from iiae_jax import distributions as D
@@ -34,8 +35,14 @@ def reconstruction_error(recon: jax.Array, target: jax.Array, kind: str) -> jax.
   raise ValueError(f"loss.recon must be 'l1' or 'l2', got {kind!r}")
 
 
-def unpack_batch(batch) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
-  """(x, y), (x, y, labels) or a mapping with keys x, y and optionally label."""
+def unpack_batch(batch, num_classes: Optional[int] = None
+                 ) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+  """(x, y), (x, y, labels) or a mapping with keys x, y and optionally label.
+
+  Concrete labels (not traced by `jit`) must be class indices in [0, num_classes)
+  when `num_classes` (the classifier's, `model.num_classes`) is given and not 0:
+  a ConfigError names the first value outside. Traced labels cannot be checked.
+  """
   if isinstance(batch, Mapping):
     unknown = sorted(set(batch) - {"x", "y", "label"})
     if unknown or not {"x", "y"} <= set(batch):
@@ -49,6 +56,13 @@ def unpack_batch(batch) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   if labels is not None and jnp.shape(labels) != jnp.shape(x)[:1]:
     raise ValueError(f"labels must have shape (batch,) = {tuple(jnp.shape(x)[:1])}, one class index "
                      f"per pair; got {tuple(jnp.shape(labels))}")
+  if labels is not None and num_classes and not isinstance(labels, jax.core.Tracer):
+    values = np.asarray(labels)
+    outside = np.flatnonzero((values < 0) | (values >= num_classes))
+    if outside.size:
+      first = int(outside[0])
+      raise ConfigError(f"labels must be class indices in [0, {num_classes}) (model.num_classes = "
+                        f"{num_classes}); got {values[first]} at batch position {first}")
   return x, y, labels
 
 
@@ -108,7 +122,12 @@ def loss(model, variables, batch, rng, *, step=0, weights=None, train: bool = Tr
   Args:
     model: the module from `iiae_jax.build_model`.
     variables: {"params", "batch_stats"}.
-    batch: (x, y), (x, y, labels) or {"x", "y"[, "label"]}.
+    batch: (x, y), (x, y, labels) or {"x", "y"[, "label"]}; labels are class
+      indices in [0, model.num_classes). Called outside `jit`, labels outside that
+      range raise a ConfigError; inside `jit` they are traced and cannot be
+      checked: an out-of-range label gives a wrong class term (NaN, or the
+      class counted from the end for a negative one), so check them where
+      they enter (the data loaders and the trainer's input do).
     rng: a PRNG key for the latent noise and dropout (unused when not training).
     step: the global step t of the KL annealing c(t).
     weights: `config.loss` (beta, lam, recon_weight, recon, annealing_rate,
@@ -124,7 +143,7 @@ def loss(model, variables, batch, rng, *, step=0, weights=None, train: bool = Tr
     averaged over the local batch), aux["batch_stats"] the updated statistics
     (unchanged when not training) and aux["outputs"] the model's outputs.
   """
-  x, y, labels = unpack_batch(batch)
+  x, y, labels = unpack_batch(batch, model.num_classes)
   if train:
     keys = example_keys(rng, x.shape[0], axis_name)
     outputs, updates = model.apply(variables, x, y, train=True, axis_name=axis_name,

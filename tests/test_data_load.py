@@ -1,4 +1,5 @@
 """`iiae_jax.data.load`: one entry point for every dataset."""
+import functools
 import os
 import re
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from iiae_jax import data
 from iiae_jax.data import DATASETS, DatasetNotFoundError, PairedData, ZeroShotData
+from iiae_jax.data import cars, pix2pix
 
 
 def test_datasets_lists_every_name_with_its_kind():
@@ -82,18 +84,31 @@ def _fake_module(monkeypatch, name, function):
   return calls
 
 
+def _fake_loader(monkeypatch, name):
+  """Swaps the loader of DATASETS[name] for one that records its calls; keeps what the registry
+  binds to it (e.g. a pix2pix set's name). Returns (the real loader function, the calls)."""
+  calls = []
+  real = DATASETS[name].loader
+  func, bound = (real.func, real.keywords) if isinstance(real, functools.partial) else (real, {})
+  fake = lambda *args, **kwargs: calls.append((args, kwargs)) or "loaded"
+  monkeypatch.setitem(DATASETS, name, DATASETS[name]._replace(loader=functools.partial(fake, **bound)))
+  return func, calls
+
+
 @pytest.mark.parametrize("name,folder", [("facades", "facades"), ("maps", "maps"),
                                          ("mnist_cdcb", "mnist_cdcb"),
                                          ("mnist_cdcb", "MNIST-CDCB")])
 def test_pix2pix_sets_go_to_load_pix2pix_with_their_folder(tmp_path, monkeypatch, name, folder):
-  calls = _fake_module(monkeypatch, "iiae_jax.data.pix2pix", "load_pix2pix")
+  loader, calls = _fake_loader(monkeypatch, name)
+  assert loader is pix2pix.load_pix2pix
   (tmp_path / folder).mkdir()
   assert data.load(name, "valid", data_dir=str(tmp_path), resolution=64) == "loaded"
   assert calls == [((str(tmp_path / folder), "valid"), {"name": name, "resolution": 64})]
 
 
 def test_cars_go_to_load_cars(tmp_path, monkeypatch):
-  calls = _fake_module(monkeypatch, "iiae_jax.data.cars", "load_cars")
+  loader, calls = _fake_loader(monkeypatch, "cars")
+  assert loader is cars.load_cars
   (tmp_path / "cars").mkdir()
   data.load("cars", "test", data_dir=str(tmp_path), resolution=32)
   assert calls == [((str(tmp_path / "cars"), "test"), {"resolution": 32})]

@@ -187,3 +187,57 @@ def test_a_damaged_file_of_the_other_split_does_not_stop_this_one(tmp_path):
   assert data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM).classes == sorted(TRAIN_CLASSES)
   with pytest.raises(DatasetFormatError, match="test_image_paths.npy"):
     data.load("sketchy", "test", data_dir=str(tmp_path), feature_dim=DIM)
+
+
+class _MakesADirectory:
+  """Unpickled, it runs os.mkdir(path): what a tampered path file could do as the user."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return os.mkdir, (self.path,)
+
+
+def _tamper(path, marker):
+  paths = np.load(path).tolist()
+  np.save(path, np.array([_MakesADirectory(marker)] + paths[1:], dtype=object), allow_pickle=True)
+
+
+def test_a_path_file_whose_pickle_would_run_code_is_refused_and_nothing_runs(tmp_path):
+  write_sketchy(tmp_path)
+  control = _path(tmp_path, "control.npy")
+  np.save(control, np.load(_path(tmp_path, "train_sketch_paths.npy")))
+  _tamper(control, tmp_path / "made_by_numpy")
+  np.load(control, allow_pickle=True)
+  assert (tmp_path / "made_by_numpy").is_dir()        # the payload is live when unpickled freely
+  path = _path(tmp_path, "train_sketch_paths.npy")
+  _tamper(path, tmp_path / "made_by_the_loader")
+  with pytest.raises(DatasetFormatError) as err:
+    data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)
+  assert not (tmp_path / "made_by_the_loader").exists()
+  assert str(err.value) == (f"{path}: refused to unpickle {os.mkdir.__module__}.mkdir: "
+                            "a path file holds only strings")
+  # The other split's path files are read too (to check the classes are disjoint).
+  write_sketchy(tmp_path)
+  _tamper(_path(tmp_path, "test_image_paths.npy"), tmp_path / "made_by_the_check")
+  data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)
+  assert not (tmp_path / "made_by_the_check").exists()
+
+
+def test_object_path_files_of_str_bytes_and_numpy_strings_load(tmp_path):
+  written = write_sketchy(tmp_path)
+  path = _path(tmp_path, "test_image_paths.npy")
+  paths = written[("test", "image")][1]
+  mixed = [p.encode() if i % 3 == 0 else np.str_(p) if i % 3 == 1 else p for i, p in enumerate(paths)]
+  np.save(path, np.array(mixed, dtype=object), allow_pickle=True)
+  ds = data.load("sketchy", "test", data_dir=str(tmp_path), feature_dim=DIM)
+  assert list(ds.photo_paths) == paths
+
+
+def test_an_object_path_file_holding_other_objects_is_refused(tmp_path):
+  write_sketchy(tmp_path)
+  path = _path(tmp_path, "train_image_paths.npy")
+  np.save(path, np.array([3, "cat/cat_0.jpg"], dtype=object), allow_pickle=True)
+  with pytest.raises(DatasetFormatError, match=r"train_image_paths.npy: paths must be strings, found a int"):
+    data.load("sketchy", "train", data_dir=str(tmp_path), feature_dim=DIM)

@@ -8,6 +8,7 @@ import pytest
 
 import iiae_jax
 from iiae_jax import recipes
+from iiae_jax.errors import ConfigError
 from tests.helpers import run_on_devices, tiny_model_config
 
 WEIGHTS = recipes.loss(beta=0.3, recon_weight=7.0, recon="l2", annealing_rate=50.0, lam=1.5,
@@ -111,6 +112,24 @@ def test_misnamed_weights_batch_keys_and_labels_are_named():
     iiae_jax.loss(model, variables, {"x": x, "y": y, "labels": labels}, key, weights=WEIGHTS)
   with pytest.raises(ValueError, match=rf"labels must have shape \(batch,\) = \({x.shape[0]},\).*got \(3,\)"):
     iiae_jax.loss(model, variables, (x, y, labels[:3]), key, weights=WEIGHTS)
+
+
+def test_labels_outside_the_classifier_are_refused_outside_jit_naming_value_and_class_count():
+  model, variables, x, y, labels = _setup(num_classes=4)
+  key = jax.random.key(1)
+  for bad, position in ((4, 2), (-1, 5)):             # -1 would silently be the last class
+    wrong = labels.at[position].set(bad)
+    with pytest.raises(ConfigError) as err:
+      iiae_jax.loss(model, variables, (x, y, wrong), key, weights=WEIGHTS)
+    assert str(err.value) == (f"labels must be class indices in [0, 4) (model.num_classes = 4); "
+                              f"got {bad} at batch position {position}")
+  with pytest.raises(ValueError, match=r"got 9 at batch position 0"):
+    iiae_jax.loss(model, variables, {"x": x, "y": y, "label": labels.at[0].set(9)}, key, weights=WEIGHTS)
+  total, _ = iiae_jax.loss(model, variables, (x, y, labels), key, weights=WEIGHTS)   # in range: fine
+  assert np.isfinite(float(total))
+  # Inside jit the labels are traced: no check (documented), so the class term is wrong, not an error.
+  traced = jax.jit(lambda v, l: iiae_jax.loss(model, v, (x, y, l), key, weights=WEIGHTS)[1]["terms"]["class"])
+  assert np.isnan(float(traced(variables, labels.at[2].set(4))))
 
 
 def test_loss_works_under_jit_grad_and_dict_batches():

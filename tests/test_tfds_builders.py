@@ -2,7 +2,8 @@
 
 Nothing is downloaded and TensorFlow is never imported.
 """
-import gzip
+import inspect
+import json
 import os
 import sys
 import tarfile
@@ -12,12 +13,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from iiae_jax.data import DATASETS
 from iiae_jax.data import cars as cars_lib
+from iiae_jax.data import mnist
 from iiae_jax.data import offline
 from iiae_jax.data import pix2pix
 from iiae_jax.data import tfds_builders as T
 from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 from tests.test_data_cars import SIZE as CAR_SIZE, write_cars
+from tests.test_data_mnist import write_fake_mnist
 from tests.test_data_pix2pix import write_pix2pix
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -113,55 +117,16 @@ def test_load_tfds_refuses_unprepared_data_unless_asked(tmp_path):
 # MNIST-CDCB from idx files.
 
 
-def _write_idx(path, array, compress):
-  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
-  if compress:
-    with gzip.open(path + ".gz", "wb") as f:
-      f.write(payload)
-  else:
-    with open(path, "wb") as f:
-      f.write(payload)
-
-
-def write_fake_mnist(root, num_train=12, num_test=4):
-  """Tiny MNIST idx files: image i is a bar whose length encodes i; train gzipped, test plain."""
-  os.makedirs(root, exist_ok=True)
-  for part, n, compress in (("train", num_train, True), ("test", num_test, False)):
-    images = np.zeros((n, 28, 28), np.uint8)
-    for i in range(n):
-      images[i, 10:18, 4:6 + i] = 255
-    labels = (np.arange(n) * 3 % 10).astype(np.uint8)
-    _write_idx(os.path.join(root, T.MNIST_FILES[(part, "images")]), images, compress)
-    _write_idx(os.path.join(root, T.MNIST_FILES[(part, "labels")]), labels, compress)
-  return root
-
-
-def test_mnist_cdcb_direct_pairs_follow_the_colouring_recipe(tmp_path):
-  mnist = write_fake_mnist(str(tmp_path / "mnist"))
-  sizes = {s: len(T.mnist_cdcb(mnist, s, resolution=28)) for s in ("train", "valid", "test")}
-  assert sizes == {"train": 10, "valid": 2, "test": 4}
-  data = T.mnist_cdcb(mnist, "valid", resolution=28, seed=3)
-  np.testing.assert_array_equal(data.factors["image"], [10, 11])
-  np.testing.assert_array_equal(data.factors["digit"], [0, 3])  # labels 3*i % 10
-  gray = np.zeros((28, 28), np.float32)
-  gray[10:18, 4:6 + 10] = 1.0
-  x, y = offline.colorize_pair(gray[None], offline.PALETTE[data.factors["x_color"][:1]],
-                               offline.PALETTE[data.factors["y_color"][:1]])
-  np.testing.assert_allclose(data.x[0], x[0], atol=1e-6)
-  np.testing.assert_allclose(data.y[0], y[0], atol=1e-6)
-
-
 def test_mnist_cdcb_rebuilt_loads_by_name_from_files_and_through_tfds(tmp_path):
   """Usable as data.name (configs) from the idx files in <data_dir>/mnist, or prepared."""
   from iiae_jax import data
-  mnist = write_fake_mnist(str(tmp_path / "mnist"))
-  direct = T.mnist_cdcb(mnist, "valid", resolution=8, seed=2)
+  mnist_dir = write_fake_mnist(str(tmp_path / "mnist"))
+  direct = mnist.mnist_cdcb(mnist_dir, "valid", resolution=8, seed=2)
   loaded = data.load("mnist_cdcb_rebuilt", "valid", data_dir=str(tmp_path), resolution=8, seed=2)
   np.testing.assert_array_equal(loaded.x, direct.x)
   np.testing.assert_array_equal(loaded.factors["digit"], direct.factors["digit"])
   assert set(data.loader_options("mnist_cdcb_rebuilt")) == {"resolution", "seed"}
-  T.prepare("mnist_cdcb_rebuilt", str(tmp_path / "tfds"), manual_dir=mnist, resolution=8, seed=2)
+  T.prepare("mnist_cdcb_rebuilt", str(tmp_path / "tfds"), manual_dir=mnist_dir, resolution=8, seed=2)
   built = data.load("mnist_cdcb_rebuilt", "valid", data_dir=str(tmp_path / "tfds"), source="tfds",
                     resolution=8, seed=2)
   np.testing.assert_allclose(np.asarray(built.y), direct.y, atol=0.5 * QUANTUM + 1e-6)
@@ -170,31 +135,17 @@ def test_mnist_cdcb_rebuilt_loads_by_name_from_files_and_through_tfds(tmp_path):
 
 
 def test_mnist_cdcb_rebuilt_builder_reads_back_within_quantisation(tmp_path):
-  mnist = write_fake_mnist(str(tmp_path / "mnist"))
+  mnist_dir = write_fake_mnist(str(tmp_path / "mnist"))
   data_dir = str(tmp_path / "tfds")
-  T.prepare("mnist_cdcb_rebuilt", data_dir, manual_dir=mnist, resolution=8, seed=1)
+  T.prepare("mnist_cdcb_rebuilt", data_dir, manual_dir=mnist_dir, resolution=8, seed=1)
   for split in ("train", "valid", "test"):
     built = T.load_tfds("mnist_cdcb_rebuilt", split, data_dir, resolution=8, seed=1)
-    direct = T.mnist_cdcb(mnist, split, resolution=8, seed=1)
+    direct = mnist.mnist_cdcb(mnist_dir, split, resolution=8, seed=1)
     assert len(built) == len(direct) and built.x.shape[1:] == (8, 8, 3)
     np.testing.assert_allclose(np.asarray(built.x), np.asarray(direct.x), atol=0.5 * QUANTUM + 1e-6)
     np.testing.assert_allclose(np.asarray(built.y), np.asarray(direct.y), atol=0.5 * QUANTUM + 1e-6)
     for k in ("digit", "x_color", "y_color", "image"):
       np.testing.assert_array_equal(built.factors[k], direct.factors[k])
-
-
-def test_bad_idx_file_is_named(tmp_path):
-  mnist = write_fake_mnist(str(tmp_path / "mnist"))
-  bad = os.path.join(mnist, T.MNIST_FILES[("test", "images")])
-  with open(bad, "rb") as f:
-    data = f.read()
-  with open(bad, "wb") as f:
-    f.write(data[:-5])
-  with pytest.raises(DatasetFormatError, match=bad):
-    T.mnist_cdcb(mnist, "test")
-  os.remove(os.path.join(mnist, T.MNIST_FILES[("test", "labels")]))
-  with pytest.raises(DatasetNotFoundError, match="t10k-labels"):
-    T.mnist_cdcb(mnist, "test")
 
 
 # ---------------------------------------------------------------------------
@@ -334,3 +285,63 @@ def test_grain_batches_a_data_source(tmp_path):
                             builder_kwargs={"config": T.make_config("digits_zs", max_examples=4)})
   batches = list(grain.MapDataset.source(source).map(lambda r: r["label"]).batch(4))
   assert len(batches) == 2 and len(batches[0]) == 4
+
+
+# ---------------------------------------------------------------------------
+# Declared options.
+
+
+def test_load_tfds_declares_its_own_options_with_their_defaults():
+  signature = inspect.signature(T.load_tfds)
+  own = {p.name: p.default for p in signature.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY}
+  assert own == T.LOAD_OPTIONS
+
+
+@pytest.mark.parametrize("name", sorted(T.BUILDERS))
+def test_every_tfds_option_is_accepted_by_load_tfds_or_the_builder_config(tmp_path, name):
+  cls = T.builder_class(name)
+  defaults = cls.config_defaults()
+  config = cls.make_config(**defaults)                 # every config option at once is accepted
+  assert config is None or all(getattr(config, k) == v for k, v in defaults.items())
+  options = T.options(name)
+  assert options[:len(T.LOAD_OPTIONS)] == tuple(T.LOAD_OPTIONS)
+  assert set(options) == set(T.LOAD_OPTIONS) | set(defaults)
+  with pytest.raises(DatasetNotFoundError, match="not prepared"):  # not a TypeError: each option is taken
+    T.load_tfds(name, "train", str(tmp_path), **{**T.LOAD_OPTIONS, **defaults})
+
+
+@pytest.mark.parametrize("name", ["digits_cdcb", "digits_zs", "mnist_cdcb_rebuilt", "sketchy"])
+def test_a_tfds_config_defaults_to_what_the_files_loader_does(name):
+  """A config's options select what the files loader would read with the same values."""
+  files = DATASETS[name].options
+  shared = {k: v for k, v in T.builder_class(name).config_defaults().items() if k in files}
+  assert shared and all(files[k] == v for k, v in shared.items())
+
+
+# ---------------------------------------------------------------------------
+# Labels from the metadata are checked on read.
+
+
+def _edit_metadata(dataset, edit):
+  path = os.path.join(dataset.data_dir, "metadata.json")
+  with open(path) as f:
+    meta = json.load(f)
+  edit(meta["splits"])
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_a_label_outside_the_classes_in_the_metadata_is_refused_on_read(tmp_path):
+  dataset = T.prepare("digits_zs", str(tmp_path), max_examples=5)
+  _edit_metadata(dataset, lambda splits: splits["train"]["sketch_labels"].__setitem__(2, 7))
+  with pytest.raises(DatasetFormatError, match=r"digits_zs/train sketch_labels: label 7 at item 2 is "
+                                               r"not a class index in \[0, 7\)"):
+    T.load_tfds("digits_zs", "train", str(tmp_path), max_examples=5)
+  assert T.load_tfds("digits_zs", "test", str(tmp_path), max_examples=5).num_classes == 3
+
+
+def test_a_factor_outside_its_names_in_the_metadata_is_refused_on_read(tmp_path):
+  dataset = T.prepare("digits_cdcb", str(tmp_path), resolution=8, max_examples=4)
+  _edit_metadata(dataset, lambda splits: splits["valid"]["factors"]["y_color"].__setitem__(3, 10))
+  with pytest.raises(DatasetFormatError, match=r"digits_cdcb/valid factor 'y_color': label 10 at item 3"):
+    T.load_tfds("digits_cdcb", "valid", str(tmp_path), resolution=8, max_examples=4)

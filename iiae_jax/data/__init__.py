@@ -5,68 +5,125 @@
     test = data.load("sketchy", "test", data_dir="/datasets")  # <data_dir>/SketchyVGG/split1/...
 
 `load` returns a `PairedData` (instance-level image pairs) or a `ZeroShotData`
-(class-level sketch/photo features); `DATASETS` lists every name and
-`loader_options(name, source)` the options its loader takes.
+(class-level sketch/photo features); `DATASETS` lists every name with its
+loader and the options it takes, `loader_options(name, source)` those options.
 """
-import inspect
+import functools
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple, Union
 
+from iiae_jax.data.cars import load_cars
 from iiae_jax.data.errors import missing_dataset
-from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.mnist import mnist_cdcb
 from iiae_jax.data.offline import PALETTE, PALETTE_NAMES, colorize_pair, digits_cdcb, digits_zs
+from iiae_jax.data.pix2pix import load_pix2pix
 from iiae_jax.data.sampling import (ClassIndex, class_balanced_batch, class_index,
                                     epoch_batch_indices, random_flip, steps_per_epoch)
 from iiae_jax.data.sketchy import load_sketchy
+from iiae_jax.data.synthetic import sketchy_like
 from iiae_jax.data.types import PairedData, ZeroShotData
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 
 
 class DatasetInfo(NamedTuple):
-  """What `load` knows of a dataset: its protocol, splits and folder under data_dir."""
-  kind: str                  # 'paired' (SPEC §5b/5c) or 'zero_shot' (SPEC §5a)
+  """What `load` knows of a dataset: its protocol, splits, folder under data_dir and loader."""
+  kind: str                  # 'paired' (docs/method.md §5b, §5c) or 'zero_shot' (§5a)
   description: str
   splits: Tuple[str, ...]
   folders: Tuple[str, ...]   # candidate folders under data_dir, first one found wins; () = generated
+  loader: Callable[..., Union[PairedData, ZeroShotData]]  # (split, **options), or (root, split, **options) on disk
+  options: Mapping[str, Any]  # the loader's options (source 'files') and their defaults
 
 
 _PAIRED_SPLITS = ("train", "valid", "test")
+_PIX2PIX_OPTIONS = {"resolution": 256, "verify": True, "cache_size": 64, "num_threads": None}
 
 DATASETS = {
     "digits_cdcb": DatasetInfo(
         "paired", "Offline MNIST-CDCB from scikit-learn's digits: coloured stroke on black / "
-                  "white digit on colour (options: resolution, seed, copies).",
-        _PAIRED_SPLITS, ()),
+                  "white digit on colour.",
+        _PAIRED_SPLITS, (), digits_cdcb, {"resolution": 32, "seed": 0, "copies": 8}),
     "digits_zs": DatasetInfo(
         "zero_shot", "Offline zero-shot retrieval from scikit-learn's digits: outline sketches "
-                     "vs coloured textured photos, 7 seen / 3 unseen classes (option: seed).",
-        ("train", "test"), ()),
+                     "vs coloured textured photos, 7 seen / 3 unseen classes.",
+        ("train", "test"), (), digits_zs, {"seed": 0}),
     "synthetic_sketchy": DatasetInfo(
         "zero_shot", "Random features of Sketchy's sizes, for benchmarks: split 1 (61,058 "
-                     "training sketches, 100 / 25 classes) or split 2 (104 / 21 classes), 512-d "
-                     "(options: sketchy_split, seed, feature_dim).",
-        ("train", "test"), ()),
+                     "training sketches, 100 / 25 classes) or split 2 (104 / 21 classes), 512-d.",
+        ("train", "test"), (), sketchy_like, {"seed": 0, "feature_dim": 512, "sketchy_split": 1}),
     "sketchy": DatasetInfo(
-        "zero_shot", "Sketchy Extended VGG features of the IIAE release "
-                     "(options: sketchy_split, feature_dim).",
-        ("train", "test"), ("SketchyVGG",)),
+        "zero_shot", "Sketchy Extended VGG features of the IIAE release.",
+        ("train", "test"), ("SketchyVGG",), load_sketchy, {"sketchy_split": 1, "feature_dim": 512}),
     "mnist_cdcb": DatasetInfo(
-        "paired", "MNIST-CDCB pix2pix pairs (option: resolution).",
-        _PAIRED_SPLITS, ("mnist_cdcb", "MNIST-CDCB")),
+        "paired", "MNIST-CDCB pix2pix pairs.",
+        _PAIRED_SPLITS, ("mnist_cdcb", "MNIST-CDCB"), functools.partial(load_pix2pix, name="mnist_cdcb"),
+        _PIX2PIX_OPTIONS),
     "mnist_cdcb_rebuilt": DatasetInfo(
         "paired", "MNIST-CDCB-like pairs made from the raw MNIST idx files with the offline "
-                  "palette, for those without the release's pairs; not the paper's data "
-                  "(options: resolution, seed).",
-        _PAIRED_SPLITS, ("mnist", "MNIST")),
+                  "palette, for those without the release's pairs; not the paper's data.",
+        _PAIRED_SPLITS, ("mnist", "MNIST"), mnist_cdcb, {"resolution": 32, "seed": 0}),
     "facades": DatasetInfo(
-        "paired", "pix2pix Facades: facade photo / label map (option: resolution).",
-        _PAIRED_SPLITS, ("facades",)),
+        "paired", "pix2pix Facades: facade photo / label map.",
+        _PAIRED_SPLITS, ("facades",), functools.partial(load_pix2pix, name="facades"), _PIX2PIX_OPTIONS),
     "maps": DatasetInfo(
-        "paired", "pix2pix Maps: aerial photo / map (option: resolution).",
-        _PAIRED_SPLITS, ("maps",)),
+        "paired", "pix2pix Maps: aerial photo / map.",
+        _PAIRED_SPLITS, ("maps",), functools.partial(load_pix2pix, name="maps"), _PIX2PIX_OPTIONS),
     "cars": DatasetInfo(
-        "paired", "3D car renderings: azimuth-0 view / another view (option: resolution).",
-        ("train", "test"), ("cars",)),
+        "paired", "3D car renderings: azimuth-0 view / another view.",
+        ("train", "test"), ("cars",), load_cars,
+        {"resolution": 256, "verify": True, "max_cars_in_memory": None, "cache_size": 64,
+         "num_threads": None}),
 }
+
+
+def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str = "files",
+         **options) -> Union[PairedData, ZeroShotData]:
+  """One split of dataset `name` (a key of DATASETS).
+
+  Args:
+    name: 'digits_cdcb' and 'digits_zs' are generated (no data_dir needed);
+      'sketchy' reads <data_dir>/SketchyVGG; 'mnist_cdcb' <data_dir>/mnist_cdcb
+      (or MNIST-CDCB, the reference's name); 'mnist_cdcb_rebuilt' the MNIST idx
+      files in <data_dir>/mnist; 'facades', 'maps' and 'cars' <data_dir>/<name>.
+    split: 'train', 'valid' or 'test' (zero-shot sets and cars: 'train', 'test').
+    data_dir: the datasets' folder; default $IIAE_DATA_DIR, else ./data.
+    source: 'files' (the layouts above, read by DATASETS[name].loader) or
+      'tfds' (prepared TFDS builders in data_dir, read by `tfds_builders.load_tfds`).
+    **options: passed to the dataset's loader (`loader_options` lists them).
+
+  Raises:
+    ValueError: an unknown name, split or source.
+    DatasetNotFoundError: the dataset's folder is missing (says what to download).
+  """
+  info = _info(name, source)
+  if split not in info.splits:
+    raise ValueError(f"dataset {name!r} has splits {list(info.splits)}, got {split!r}")
+  if source == "tfds":
+    from iiae_jax.data.tfds_builders import load_tfds  # pylint: disable=g-import-not-at-top
+    return load_tfds(name, split, data_dir if data_dir is not None else default_data_dir(), **options)
+  where = (split,) if not info.folders else (dataset_root(name, data_dir), split)
+  return info.loader(*where, **options)
+
+
+def load_split(data_config, split: str) -> Union[PairedData, ZeroShotData]:
+  """`load` with the fields of `config.data` (a DataConfig: name, data_dir, source, options)."""
+  return load(data_config.name, split, data_dir=data_config.data_dir or None, source=data_config.source,
+              **dict(data_config.options))
+
+
+def loader_options(name: str, source: str = "files") -> Tuple[str, ...]:
+  """The options (keyword arguments) that `load(name, split, source=source, ...)` accepts.
+
+  For 'files' the dataset's declared `DATASETS[name].options`; for 'tfds'
+  `tfds_builders.options(name)` (load_tfds's own, then the builder config's).
+  Raises ValueError for an unknown name or source, or a dataset with no TFDS
+  builder (source 'tfds').
+  """
+  info = _info(name, source)
+  if source == "tfds":
+    from iiae_jax.data.tfds_builders import options  # pylint: disable=g-import-not-at-top
+    return options(name)
+  return tuple(info.options)
 
 
 def default_data_dir() -> str:
@@ -85,42 +142,6 @@ def dataset_root(name: str, data_dir: Optional[str] = None) -> str:
   raise missing_dataset(name, os.path.join(data_dir, folders[0]))
 
 
-def load(name: str, split: str, *, data_dir: Optional[str] = None, source: str = "files",
-         **options) -> Union[PairedData, ZeroShotData]:
-  """One split of dataset `name` (a key of DATASETS).
-
-  Args:
-    name: 'digits_cdcb' and 'digits_zs' are generated (no data_dir needed);
-      'sketchy' reads <data_dir>/SketchyVGG; 'mnist_cdcb' <data_dir>/mnist_cdcb
-      (or MNIST-CDCB, the reference's name); 'mnist_cdcb_rebuilt' the MNIST idx
-      files in <data_dir>/mnist; 'facades', 'maps' and 'cars' <data_dir>/<name>.
-    split: 'train', 'valid' or 'test' (zero-shot sets and cars: 'train', 'test').
-    data_dir: the datasets' folder; default $IIAE_DATA_DIR, else ./data.
-    source: 'files' (the layouts above) or 'tfds' (prepared TFDS builders in
-      data_dir, read by `tfds_builders.load_tfds`).
-    **options: passed to the dataset's loader (`loader_options` lists them).
-
-  Raises:
-    ValueError: an unknown name, split or source.
-    DatasetNotFoundError: the dataset's folder is missing (says what to download).
-  """
-  info = _info(name, source)
-  if split not in info.splits:
-    raise ValueError(f"dataset {name!r} has splits {list(info.splits)}, got {split!r}")
-  if source == "tfds":
-    from iiae_jax.data.tfds_builders import load_tfds  # pylint: disable=g-import-not-at-top
-    return load_tfds(name, split, data_dir if data_dir is not None else default_data_dir(), **options)
-  loader, fixed = _files_loader(name)
-  where = (split,) if not info.folders else (dataset_root(name, data_dir), split)
-  return loader(*where, **fixed, **options)
-
-
-def load_split(data_config, split: str) -> Union[PairedData, ZeroShotData]:
-  """`load` with the fields of `config.data` (a DataConfig: name, data_dir, source, options)."""
-  return load(data_config.name, split, data_dir=data_config.data_dir or None, source=data_config.source,
-              **dict(data_config.options))
-
-
 def _info(name: str, source: str) -> DatasetInfo:
   """DATASETS[name]; ValueError for an unknown name or source."""
   if name not in DATASETS:
@@ -128,57 +149,6 @@ def _info(name: str, source: str) -> DatasetInfo:
   if source not in ("files", "tfds"):
     raise ValueError(f"source must be 'files' or 'tfds', got {source!r}")
   return DATASETS[name]
-
-
-def _files_loader(name: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
-  """The loader of `name` for source 'files', and the keyword arguments `load` gives it itself.
-
-  Generated datasets' loaders take (split, **options), on-disk ones (root, split, **options).
-  """
-  if name == "digits_cdcb":
-    return digits_cdcb, {}
-  if name == "digits_zs":
-    return digits_zs, {}
-  if name == "synthetic_sketchy":
-    from iiae_jax.data.synthetic import sketchy_like  # pylint: disable=g-import-not-at-top
-    return sketchy_like, {}
-  if name == "sketchy":
-    return load_sketchy, {}
-  if name == "cars":
-    from iiae_jax.data.cars import load_cars  # pylint: disable=g-import-not-at-top
-    return load_cars, {}
-  if name == "mnist_cdcb_rebuilt":
-    from iiae_jax.data.tfds_builders import mnist_cdcb  # pylint: disable=g-import-not-at-top
-    return mnist_cdcb, {}
-  from iiae_jax.data.pix2pix import load_pix2pix  # pylint: disable=g-import-not-at-top
-  return load_pix2pix, {"name": name}
-
-
-def _keywords(fn: Callable[..., Any], skip: int = 0, given=()) -> Tuple[str, ...]:
-  """The named parameters of `fn` after its first `skip`, less those in `given`."""
-  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-  params = [p for p in inspect.signature(fn).parameters.values() if p.kind in named]
-  return tuple(p.name for p in params[skip:] if p.name not in given)
-
-
-def loader_options(name: str, source: str = "files") -> Tuple[str, ...]:
-  """The options (keyword arguments) that `load(name, split, source=source, ...)` accepts.
-
-  Read from the loaders' signatures: for 'files' the dataset's own loader, for
-  'tfds' `tfds_builders.load_tfds` and the options of the dataset's builder
-  config. Raises ValueError for an unknown name or source, or a dataset with
-  no TFDS builder (source 'tfds').
-  """
-  info = _info(name, source)
-  if source == "tfds":
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from iiae_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-    config_class = tfds_builders.builder_class(name).CONFIG_CLASS  # its fields are options too
-    config_options = () if config_class is None else _keywords(
-        config_class, given=_keywords(tfds.core.BuilderConfig))
-    return tuple(dict.fromkeys(_keywords(tfds_builders.load_tfds, skip=3) + config_options))
-  loader, fixed = _files_loader(name)
-  return _keywords(loader, skip=1 if not info.folders else 2, given=fixed)
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Cars: 3D car renderings from `car_NNN_mesh.mat` files (SPEC §6).
+"""Cars: 3D car renderings from `car_NNN_mesh.mat` files (docs/method.md §6).
 
 Layout, as the reference's `preprocess_cars.py` reads it with
 `scipy.io.loadmat`: each file holds one uint8 array `im` of shape
@@ -18,7 +18,7 @@ mapped to float32 in [-1, 1].
 import os
 import threading
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.io
@@ -157,6 +157,10 @@ class CarArrays:
       while self.max_cars is not None and len(self._arrays) > max(self.max_cars, 0):
         del self._arrays[next(iter(self._arrays))]
 
+  def view(self, car: int, elevation: int, azimuth: int) -> np.ndarray:
+    """The uint8 (H, W, 3) view of `car` at (`elevation`, `azimuth`)."""
+    return np.ascontiguousarray(self(car)[:, :, :, azimuth, elevation])
+
 
 def pair_factors(cars: Sequence[int]) -> Dict[str, np.ndarray]:
   """Factors of every pair of `cars`, in the reference's order: car, elevation, azimuth 1..23."""
@@ -166,21 +170,47 @@ def pair_factors(cars: Sequence[int]) -> Dict[str, np.ndarray]:
   return {"car": car.reshape(-1), "elevation": elevation.reshape(-1), "azimuth": azimuth.reshape(-1)}
 
 
-class _CarPairDecoder:
-  """pair index -> (azimuth-0 view, azimuth-a view) at the same elevation, uint8 at `resolution`."""
+class CarPairDecoder:
+  """pair index -> (azimuth-0 view, azimuth-a view) at the same elevation, uint8 at `resolution`.
 
-  def __init__(self, arrays: CarArrays, factors: Dict[str, np.ndarray], resolution: int):
-    self.arrays = arrays
+  `views(car, elevation, azimuth)` gives one uint8 (H, W, 3) view: `CarArrays.view`
+  reads the car files, a prepared TFDS dataset its records. A class, so readers pickle.
+  """
+
+  def __init__(self, views: Callable[[int, int, int], np.ndarray], factors: Dict[str, np.ndarray],
+               resolution: int):
+    self.views = views
     self.factors = factors
     self.resolution = resolution
 
   def __call__(self, index: int):
     car, elevation, azimuth = (int(self.factors[k][index]) for k in ("car", "elevation", "azimuth"))
-    im = self.arrays(car)
-    x = im[:, :, :, 0, elevation]
-    y = im[:, :, :, azimuth, elevation]
-    return (pix2pix.resize(np.ascontiguousarray(x), self.resolution),
-            pix2pix.resize(np.ascontiguousarray(y), self.resolution))
+    return (pix2pix.resize(self.views(car, elevation, 0), self.resolution),
+            pix2pix.resize(self.views(car, elevation, azimuth), self.resolution))
+
+
+def paired_data(split: str, factors: Dict[str, np.ndarray], decoder: CarPairDecoder,
+                cache_size: int) -> PairedData:
+  """The lazy PairedData of `factors`' pairs decoded by `decoder` (files or TFDS records alike)."""
+  resolution = decoder.resolution
+  reader = pix2pix.PairReader(len(factors["car"]), (resolution, resolution, CHANNELS), decoder,
+                              cache_size=cache_size)
+  return PairedData(name="cars", split=split, x=reader.x, y=reader.y, factors=factors,
+                    factor_names={k: list(v) for k, v in FACTOR_NAMES.items()})
+
+
+def check_car_files(arrays: CarArrays, num_threads: Optional[int] = None) -> None:
+  """Reads every car file of `arrays` (in a thread pool, keeping at most its `max_cars`);
+  raises the DatasetFormatError of the first bad file in car order."""
+  def read(car):
+    try:
+      arrays.put(car, read_car(arrays.paths[car]))
+    except DatasetFormatError as e:
+      return e
+    return None
+  bad = [r for r in pix2pix.parallel_map(read, sorted(arrays.paths), num_threads) if r is not None]
+  if bad:
+    raise bad[0]
 
 
 def find_car_files(root: str, split: str) -> Dict[int, str]:
@@ -236,23 +266,12 @@ def load_cars(root: str, split: str, resolution: int = 256, *, verify: bool = Tr
   cars = sorted(paths)
   arrays = CarArrays(paths, max_cars_in_memory)
   if verify:
-    def read(car):  # keeps at most max_cars_in_memory arrays, even while checking
-      try:
-        arrays.put(car, read_car(paths[car]))
-      except DatasetFormatError as e:
-        return e
-      return None
-    bad = [r for r in pix2pix.parallel_map(read, cars, num_threads) if r is not None]
-    if bad:
-      raise bad[0]
+    check_car_files(arrays, num_threads)
   else:
     for car in cars:
       _check_header(paths[car])
   factors = pair_factors(cars)
-  reader = pix2pix.PairReader(len(factors["car"]), (resolution, resolution, CHANNELS),
-                              _CarPairDecoder(arrays, factors, resolution), cache_size=cache_size)
-  return PairedData(name="cars", split=split, x=reader.x, y=reader.y, factors=factors,
-                    factor_names={k: list(v) for k, v in FACTOR_NAMES.items()})
+  return paired_data(split, factors, CarPairDecoder(arrays.view, factors, resolution), cache_size)
 
 
 def _check_header(path: str) -> None:

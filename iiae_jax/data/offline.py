@@ -2,7 +2,7 @@
 
 The 1,797 real 8x8 digits of `sklearn.datasets.load_digits` are padded to a
 10x10 canvas (a black margin, as MNIST has), upscaled with a bicubic kernel and
-coloured. Two datasets follow the paper's two protocols (SPEC §5):
+coloured. Two datasets follow the paper's two protocols (docs/method.md §5):
 
 - `digits_cdcb`: MNIST-CDCB in spirit. X is the digit stroked in a palette
   colour on black, Y the same digit in white on a palette background; the
@@ -19,6 +19,7 @@ from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
+from sklearn.datasets import load_digits
 
 from iiae_jax.data.types import PairedData, ZeroShotData
 
@@ -46,7 +47,7 @@ DIGIT_NAMES = [f"digit_{d}" for d in range(10)]
 # 20% test, 10% valid and the remaining 70% (1,258 images) train.
 SPLIT_SEED = 20201207
 SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}
-_SPLIT_STREAM = {"train": 0, "valid": 1, "test": 2}
+SPLIT_STREAMS = {"train": 0, "valid": 1, "test": 2}  # random streams of each split's colour draws
 
 # digits_zs: three digits never seen in training (the zero-shot test classes).
 UNSEEN_DIGITS = (2, 5, 8)
@@ -62,7 +63,6 @@ _INK = 0.35        # grey level above which a pixel belongs to the digit (for sk
 @functools.lru_cache(maxsize=1)
 def _raw_digits() -> Tuple[np.ndarray, np.ndarray]:
   """(canvases (1797, 10, 10) float32 in [0, 1], labels (1797,) int32)."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = np.asarray(digits.images, np.float32) / 16.0
   canvases = np.pad(images, ((0, 0), (1, 1), (1, 1)))
@@ -205,12 +205,35 @@ def split_images() -> dict:
   return {k: _read_only(np.sort(v).astype(np.int32)) for k, v in parts.items()}
 
 
+def draw_colors(seed: int, split: str, count: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(x_colors, y_colors): `count` PALETTE indices each, drawn independently from (seed, split)."""
+  rng = np.random.default_rng([int(seed), SPLIT_STREAMS[split]])
+  x_colors = rng.integers(len(PALETTE), size=count, dtype=np.int32)
+  y_colors = rng.integers(len(PALETTE), size=count, dtype=np.int32)
+  return x_colors, y_colors
+
+
+def colored_pairs(name: str, split: str, canvases: np.ndarray, ids: np.ndarray, digits: np.ndarray,
+                  x_colors: np.ndarray, y_colors: np.ndarray, resolution: int) -> PairedData:
+  """The CDCB PairedData of grey `canvases[ids]` (digit classes `digits`) in the drawn colours.
+
+  x and y are lazy `ColoredDigits` (N, R, R, 3) in [-1, 1]; factors "digit",
+  "x_color", "y_color" (PALETTE indices) and "image" (`ids`: the handwriting).
+  """
+  return PairedData(
+      name=name, split=split,
+      x=ColoredDigits(canvases, ids, x_colors, int(resolution), "x"),
+      y=ColoredDigits(canvases, ids, y_colors, int(resolution), "y"),
+      factors={"digit": np.asarray(digits, np.int32), "x_color": x_colors, "y_color": y_colors,
+               "image": np.asarray(ids, np.int32)},
+      factor_names={"digit": list(DIGIT_NAMES), "x_color": list(PALETTE_NAMES),
+                    "y_color": list(PALETTE_NAMES)})
+
+
 @functools.lru_cache(maxsize=32)
 def _cdcb_arrays(split: str, seed: int, copies: int):
   ids = np.tile(split_images()[split], copies)
-  rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
-  x_colors = rng.integers(len(PALETTE), size=len(ids), dtype=np.int32)
-  y_colors = rng.integers(len(PALETTE), size=len(ids), dtype=np.int32)
+  x_colors, y_colors = draw_colors(seed, split, len(ids))
   digits = _raw_digits()[1][ids]
   return tuple(_read_only(a) for a in (ids, digits, x_colors, y_colors))
 
@@ -239,14 +262,8 @@ def digits_cdcb(split: str, resolution: int = 32, seed: int = 0, copies: int = 8
     raise ValueError(f"copies must be a positive integer, got {copies!r}")
   copies = int(copies) if split == "train" else 1
   ids, digits, x_colors, y_colors = _cdcb_arrays(split, seed, copies)
-  canvases = _raw_digits()[0]
-  return PairedData(
-      name="digits_cdcb", split=split,
-      x=ColoredDigits(canvases, ids, x_colors, int(resolution), "x"),
-      y=ColoredDigits(canvases, ids, y_colors, int(resolution), "y"),
-      factors={"digit": digits, "x_color": x_colors, "y_color": y_colors, "image": ids},
-      factor_names={"digit": list(DIGIT_NAMES), "x_color": list(PALETTE_NAMES),
-                    "y_color": list(PALETTE_NAMES)})
+  return colored_pairs("digits_cdcb", split, _raw_digits()[0], ids, digits, x_colors, y_colors,
+                       resolution)
 
 
 @functools.lru_cache(maxsize=1)
@@ -293,7 +310,7 @@ def _zs_features(seed: int):
 
 
 def digits_zs(split: str, seed: int = 0) -> ZeroShotData:
-  """Zero-shot sketch/photo features of scikit-learn's digits (SPEC §5a protocol).
+  """Zero-shot sketch/photo features of scikit-learn's digits (docs/method.md §5a protocol).
 
   'train' holds the seen digits SEEN_DIGITS (7 classes), 'test' the unseen
   UNSEEN_DIGITS (2, 5, 8); `classes` are "digit_<d>" and labels index them.

@@ -1,4 +1,4 @@
-"""Paired image folders in the pix2pix layout (MNIST-CDCB, Facades, Maps; SPEC §6).
+"""Paired image folders in the pix2pix layout (MNIST-CDCB, Facades, Maps; docs/method.md §6).
 
 A dataset root holds `train/`, `val/` (or `valid/`) and `test/`; each file is
 one JPEG or PNG whose left half is the X image and whose right half is the Y
@@ -18,9 +18,10 @@ False`; code that turns that flag on also turns this check off.
 import collections
 import concurrent.futures
 import functools
+import io
 import os
 import threading
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -241,27 +242,24 @@ class PairCache:
 
 
 class PairReader:
-  """Decodes pairs `decode(item) -> (x_u8, y_u8)` through a bounded cache.
+  """Decodes pairs `decode(index) -> (x_u8, y_u8)` through a bounded cache.
 
-  Items are the pair indices themselves, or `load(indices)` (one call per
-  batch of missing indices, e.g. a batched record read). `x` and `y` are
-  `LazyImages` over the two halves; asking `x` then `y` (or `y` then `x`) for
-  the same indices decodes each pair once, for up to OTHER_HALF_BYTES of
-  images: the other half of the last request is kept until it is asked for or
-  another request comes. Pickles without its cache (for multi-process input
-  pipelines).
+  `x` and `y` are `LazyImages` over the two halves; asking `x` then `y` (or
+  `y` then `x`) for the same indices decodes each pair once, for up to
+  OTHER_HALF_BYTES of images: the other half of the last request is kept until
+  it is asked for or another request comes. Pickles without its cache (for
+  multi-process input pipelines).
   """
 
   OTHER_HALF_BYTES = 64 << 20  # a batch of 128 pairs at 256x256 is 25 MB
 
   def __init__(self, length: int, image_shape, decode: Callable, cache_size: int = 64,
-               paths: Optional[Sequence[str]] = None, load: Optional[Callable] = None):
+               paths: Optional[Sequence[str]] = None):
     self.length = int(length)
     self.image_shape = tuple(image_shape)
     self.decode = decode
     self.cache_size = int(cache_size)
     self.paths = paths
-    self.load = load
     self._cache = PairCache(self.cache_size)
     self._other_half = None  # (indices, which, images) of the last request's unasked half
     self.x = LazyImages(self.length, self.image_shape, functools.partial(self.half, 0), paths)
@@ -275,7 +273,7 @@ class PairReader:
 
   def __setstate__(self, state):
     self.__init__(state["length"], state["image_shape"], state["decode"], state["cache_size"],
-                  state["paths"], state["load"])
+                  state["paths"])
 
   def keep_all_decoded(self, max_bytes: int) -> bool:
     """Lets the cache hold every pair when their uint8 images take at most `max_bytes`
@@ -301,11 +299,9 @@ class PairReader:
     indices = [int(i) for i in indices]
     found = {i: self._cache.get(i) for i in sorted(set(indices))}
     missing = [i for i, pair in found.items() if pair is None]
-    if missing:
-      items = self.load(missing) if self.load is not None else missing
-      for i, pair in zip(missing, parallel_map(self.decode, list(items))):
-        found[i] = pair
-        self._cache.put(i, pair)
+    for i, pair in zip(missing, parallel_map(self.decode, missing)):
+      found[i] = pair
+      self._cache.put(i, pair)
     return (np.stack([found[i][0] for i in indices]), np.stack([found[i][1] for i in indices]))
 
 
@@ -328,7 +324,7 @@ def split_dir(root: str, split: str, name: str = "pix2pix") -> str:
       name, root, f"split folder for {split!r} is missing: expected {' or '.join(candidates)}")
 
 
-# Maps (SPEC §6: test 1,098 pairs). The pix2pix release has only train/ (1,096) and val/
+# Maps (docs/method.md §6: test 1,098 pairs). The pix2pix release has only train/ (1,096) and val/
 # (1,098): its val/ is the test split. The reference's folders add valid/, a copy of training
 # pairs 1..800 (its tools/copy_file.py); without valid/ those training files are the split.
 MAPS_VALID_FROM_TRAIN = 800
@@ -389,24 +385,52 @@ def _check_pair_size(width: int, height: int, path: str) -> None:
         f"{path}: size {width}x{height} is not two square halves (width must be twice the height)")
 
 
-def read_pair_file(path: str) -> np.ndarray:
-  """Decodes one pair file to uint8 RGB (H, 2H, 3); raises DatasetFormatError naming the file."""
-  return decode_pair_image(path, path)
+class EncodedFile(NamedTuple):
+  """The bytes of an image file kept elsewhere (a TFDS record), and the name errors give it."""
+  data: bytes
+  name: str
 
 
-def decode_pair_image(source, path: str) -> np.ndarray:
-  """`read_pair_file` for a path or file object `source`; `path` names it in errors."""
+ImageFile = Union[str, os.PathLike, EncodedFile]
+
+
+def file_name(file: ImageFile) -> str:
+  """The name errors give `file`: its path, or an EncodedFile's name."""
+  return file.name if isinstance(file, EncodedFile) else os.fspath(file)
+
+
+def decode_image(file: ImageFile) -> np.ndarray:
+  """Decodes an image file (a path or an EncodedFile) to uint8 RGB (H, W, 3).
+
+  Raises DatasetFormatError naming the file when it is truncated, corrupt or
+  of a pixel mode without an RGB meaning.
+  """
+  name = file_name(file)
   try:
-    with Image.open(source) as image:
+    with Image.open(io.BytesIO(file.data) if isinstance(file, EncodedFile) else file) as image:
       image.load()  # Raises on truncated or corrupt data.
       mode, pixels = image.mode, None
       if mode in _RGB_CONVERTIBLE_MODES:
         pixels = np.asarray(image if mode == "RGB" else image.convert("RGB"))
   except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... on bad data.
-    raise DatasetFormatError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    raise DatasetFormatError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
   if mode not in _RGB_CONVERTIBLE_MODES:
-    raise DatasetFormatError(f"{path}: unsupported pixel mode {mode!r} (expected 8-bit RGB or grey)")
-  _check_pair_size(pixels.shape[1], pixels.shape[0], path)
+    raise DatasetFormatError(f"{name}: unsupported pixel mode {mode!r} (expected 8-bit RGB or grey)")
+  return pixels
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 (H, W, 3) -> PNG bytes (lossless; what `decode_image` reads back exactly)."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def read_pair_file(file: ImageFile) -> np.ndarray:
+  """Decodes one pair file (a path or an EncodedFile) to uint8 RGB (H, 2H, 3); raises
+  DatasetFormatError naming the file."""
+  pixels = decode_image(file)
+  _check_pair_size(pixels.shape[1], pixels.shape[0], file_name(file))
   return pixels
 
 
@@ -430,7 +454,7 @@ def check_pair_files(paths: Sequence[str], num_threads: Optional[int] = None) ->
     raise DatasetFormatError(f"{bad[0]}{more}") from bad[0]
 
 
-# SPEC §6: MNIST-CDCB's X is the coloured digit on black and Y the digit on a coloured
+# docs/method.md §6: MNIST-CDCB's X is the coloured digit on black and Y the digit on a coloured
 # background. The cross-domain-disen release files put Y on the left (checked on its sample
 # pairs), so X is their right half; the other pix2pix datasets have X on the left.
 X_ON_THE_RIGHT = ("mnist_cdcb",)
@@ -452,7 +476,7 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
   Args:
     root: folder holding `train/`, `val/` (or `valid/`) and `test/`. Maps
       (`name="maps"`) may hold only the release's `train/` and `val/`: then
-      'test' is `val/` (SPEC's 1,098 test pairs) and 'valid' is training
+      'test' is `val/` (the 1,098 test pairs of docs/method.md §6) and 'valid' is training
       pairs 1..800, as the reference's copy of them in `valid/` is.
     split: 'train', 'valid' (alias 'val') or 'test'.
     resolution: side of the square X and Y images returned.
@@ -487,18 +511,33 @@ def load_pix2pix(root: str, split: str, resolution: int = 256, name: str = "pix2
           _check_pair_size(image.width, image.height, path)
       except (UnidentifiedImageError, OSError) as e:
         raise DatasetFormatError(f"{path}: cannot decode image ({e})") from e
-  reader = PairReader(len(paths), (resolution, resolution, 3), _PairDecoder(tuple(paths), resolution, name in X_ON_THE_RIGHT),
-                      cache_size=cache_size, paths=paths)
+  decoder = PairFileDecoder(tuple(paths), resolution, name in X_ON_THE_RIGHT)
+  reader = PairReader(len(paths), (resolution, resolution, 3), decoder, cache_size=cache_size, paths=paths)
   return PairedData(name=name, split=split, x=reader.x, y=reader.y)
 
 
-class _PairDecoder:
-  """index -> (x, y) uint8 halves of paths[index] (a class, so readers pickle)."""
+class PairFileDecoder:
+  """index -> uint8 (x, y) halves at `resolution` of the pair file `files[index]`.
 
-  def __init__(self, paths: Tuple[str, ...], resolution: int, x_on_the_right: bool = False):
-    self.paths = paths
+  `files` holds paths (`load_pix2pix`) or EncodedFiles (a prepared TFDS dataset's
+  records): both decode alike. A class, so that readers pickle.
+  """
+
+  def __init__(self, files: Sequence[ImageFile], resolution: int, x_on_the_right: bool = False):
+    self.files = files
     self.resolution = resolution
     self.x_on_the_right = x_on_the_right
 
   def __call__(self, index: int):
-    return split_pair(read_pair_file(self.paths[index]), self.resolution, self.x_on_the_right)
+    return split_pair(read_pair_file(self.files[index]), self.resolution, self.x_on_the_right)
+
+
+class ImagePairDecoder:
+  """index -> uint8 (x, y) at `resolution` of `pairs[index]`: two image files (paths or EncodedFiles)."""
+
+  def __init__(self, pairs: Sequence[Tuple[ImageFile, ImageFile]], resolution: int):
+    self.pairs = pairs
+    self.resolution = resolution
+
+  def __call__(self, index: int):
+    return tuple(resize(decode_image(file), self.resolution) for file in self.pairs[index])

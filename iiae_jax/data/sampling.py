@@ -1,6 +1,6 @@
 """Batch sampling: class-balanced (zero-shot) on the accelerator, and deterministic paired epochs.
 
-Class-balanced batches (SPEC §4, Sketchy): each step holds, for every training
+Class-balanced batches (docs/method.md §4, Sketchy): each step holds, for every training
 class, one random sketch and one random photo of that class. The features stay
 on the device; the trainer draws indices with `class_balanced_batch` inside its
 jitted step and gathers `features[idx]` there.

@@ -1,4 +1,4 @@
-"""Sketchy Extended VGG features in the layout of the IIAE release (SPEC §6).
+"""Sketchy Extended VGG features in the layout of the IIAE release (docs/method.md §6).
 
     <root>/split{1,2}/{train,test}_{sketch,image}_{features,paths}.npy
 
@@ -8,6 +8,7 @@ labels index that list (the reference orders them by first appearance; the
 order changes no metric).
 """
 import os
+import pickle
 import warnings
 from typing import List, Tuple
 
@@ -23,7 +24,7 @@ SPLIT1_COUNTS = {
     ("train", "sketch"): 61058, ("test", "sketch"): 14421,
     ("train", "image"): 58376, ("test", "image"): 14626,
 }
-# Seen (train) / unseen (test) classes of each split (SPEC §6).
+# Seen (train) / unseen (test) classes of each split (docs/method.md §6).
 CLASS_COUNTS = {1: {"train": 100, "test": 25}, 2: {"train": 104, "test": 21}}
 
 
@@ -57,18 +58,62 @@ def _load_paths(path: str) -> np.ndarray:
     paths = np.load(path, allow_pickle=False)
   except EOFError:
     raise DatasetFormatError(f"{path}: cannot read paths: the file is empty") from None
-  except ValueError:
-    # The reference release saved the paths as object arrays of Python strings,
-    # which only pickle can read. Pickle runs code from the file, so it is used
-    # for these string lists only, never for the (numeric) feature files.
-    try:
-      paths = np.load(path, allow_pickle=True)
-    except Exception as e:  # pylint: disable=broad-except
-      raise DatasetFormatError(f"{path}: cannot read paths: {e}") from None
+  except ValueError:  # the release's object arrays of Python strings
+    paths = read_string_objects(path)
   if paths.ndim != 1:
     raise DatasetFormatError(f"{path}: paths must be one-dimensional, got shape {paths.shape}")
   texts = [p.decode() if isinstance(p, bytes) else str(p) for p in paths.tolist()]
   return np.array([t.replace("\\", "/") for t in texts], dtype=str)
+
+
+class _StringArrayUnpickler(pickle.Unpickler):
+  """Builds only what an object array of strings holds: numpy arrays and dtypes, str and bytes."""
+
+  ALLOWED = {
+      ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+      ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+      ("numpy", "ndarray"), ("numpy", "dtype"),
+  }
+
+  def __init__(self, file, path: str):
+    super().__init__(file, fix_imports=True, encoding="ASCII")  # np.load's own defaults
+    self.path = path
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise DatasetFormatError(
+          f"{self.path}: refused to unpickle {module}.{name}: a path file holds only strings")
+    return super().find_class(module, name)
+
+
+def read_string_objects(path: str) -> np.ndarray:
+  """The object array of str (or bytes) in .npy file `path`, unpickled with nothing else allowed.
+
+  np.load(allow_pickle=True) would run any code the file's pickle names; here
+  a global other than numpy's array and dtype reconstruction is refused with a
+  DatasetFormatError naming the file and the global, before it is called.
+  """
+  try:
+    with open(path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                     (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+      if read_header is None:
+        raise DatasetFormatError(f"{path}: cannot read paths: .npy format version {version} is not supported")
+      shape, _, dtype = read_header(f)
+      if dtype != np.dtype(object):
+        raise DatasetFormatError(f"{path}: cannot read paths: dtype {dtype} is neither strings nor objects")
+      array = _StringArrayUnpickler(f, path).load()
+  except DatasetFormatError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a damaged header or pickle
+    raise DatasetFormatError(f"{path}: cannot read paths ({type(e).__name__}: {e})") from None
+  if not isinstance(array, np.ndarray) or array.shape != tuple(shape):
+    raise DatasetFormatError(f"{path}: cannot read paths: the pickle does not hold a {tuple(shape)} array")
+  wrong = next((item for item in array.flat if not isinstance(item, (str, bytes))), None)
+  if wrong is not None:
+    raise DatasetFormatError(f"{path}: paths must be strings, found a {type(wrong).__name__}")
+  return array
 
 
 def class_of_path(path: str) -> str:

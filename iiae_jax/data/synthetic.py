@@ -5,7 +5,7 @@ import numpy as np
 
 from iiae_jax.data.types import ZeroShotData
 
-# Sketchy Extended (SPEC §3a, §6): sketches, photos, classes of each split, by `sketchy_split`.
+# Sketchy Extended (docs/method.md §3a, §6): sketches, photos, classes of each split, by `sketchy_split`.
 # Split 1's are the release's; split 2 (104 / 21 classes) shares out the same
 # 75,479 sketches and 73,002 photos in proportion to the class counts.
 SKETCHY_SIZES = {
@@ -26,7 +26,7 @@ def sketchy_like(split: str, seed: int = 0, feature_dim: int = 512,
     raise ValueError(f"synthetic_sketchy has splits {sorted(sizes)}, got {split!r}")
   n_sketch, n_photo, n_classes = sizes[split]
   stream = [seed, 0 if split == "train" else 1]
-  rng = np.random.default_rng(stream if sketchy_split == 1 else stream + [sketchy_split])  # split 1 as before
+  rng = np.random.default_rng(stream if sketchy_split == 1 else stream + [sketchy_split])  # split 1: the stream [seed, part] alone
   centres = rng.normal(size=(n_classes, feature_dim)).astype(np.float32)
 
   def domain(n):

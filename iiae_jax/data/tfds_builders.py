@@ -13,6 +13,13 @@ Builders (registered with tfds when this module is imported):
 | `cars`        | `car_NNN_mesh.mat` files (manual_dir)                     | train, test         |
 | `sketchy_vgg` | SketchyVGG `.npy` features (manual_dir); configs split1/2 | train, test         |
 
+One reading path per dataset: a builder generates its records from what the
+files loader reads (`offline`, `mnist`, `pix2pix.load_pix2pix`, `cars`,
+`sketchy.load_sketchy`, with their checks), and `load_tfds` decodes the records
+with the files loader's own decoders and lazy readers (`pix2pix.PairFileDecoder`,
+`cars.CarPairDecoder`, `pix2pix.PairReader`, `pix2pix.LazyImages`); only the
+small record accessors below are TFDS's own.
+
 Everything is written as `array_record` and read back with random access
 through `tfds.data_source` (or `builder.as_data_source`); `tfds.load`, which
 needs TensorFlow, is never used. Images are stored as PNG bytes encoded with
@@ -43,11 +50,10 @@ paths (Facades, Maps, MNIST without manual_dir) cannot be exercised offline
 and are untested here; every manual_dir path is tested.
 
 `load_tfds` returns the same `PairedData` / `ZeroShotData` as the direct
-loaders (pix2pix, cars, sketchy, offline), equal to them up to uint8
-quantisation of generated images: images and feature rows are lazy views over
-the data source, decoded when indexed; factors, labels, paths and class lists
-come from the dataset's metadata.json (written at build time, so that no pass
-over the records is needed).
+loaders, equal to them up to uint8 quantisation of generated images: images
+and feature rows are lazy views over the data source, decoded when indexed;
+factors, labels, paths and class lists come from the dataset's metadata.json
+(written at build time, so that no pass over the records is needed).
 
 Records, for users of the raw data source:
 - digits_cdcb, mnist_cdcb_rebuilt: {"x", "y": (R, R, 3) uint8 images, "digit",
@@ -61,56 +67,32 @@ Records, for users of the raw data source:
   all sketches of a split come first, then all photos.
 """
 import dataclasses
-import gzip
 import inspect
-import io
 import os
 import shutil
 import tarfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from iiae_jax.data import cars as cars_lib
+from iiae_jax.data import mnist
 from iiae_jax.data import offline
 from iiae_jax.data import pix2pix
-from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
+from iiae_jax.data.sketchy import load_sketchy
 from iiae_jax.data.types import PairedData, ZeroShotData
+from iiae_jax.errors import DatasetFormatError, DatasetNotFoundError
 
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
-# The files tfds's own `mnist` builder downloads.
-MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
-MNIST_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
-# Split streams of the colour draws, as in `offline.digits_cdcb`.
-_SPLIT_STREAM = {"train": 0, "valid": 1, "test": 2}
 _VERSION = tfds.core.Version("1.0.0")
 _RELEASE_NOTES = {"1.0.0": "Initial release."}
 _DOMAINS = ["sketch", "photo"]
 
-
-# ----------------------------------------------------------------------------
-# Encoding helpers.
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """uint8 (H, W, 3) -> PNG bytes (Pillow, lossless)."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-  """PNG (or JPEG) bytes -> uint8 (H, W, 3)."""
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+# `load_tfds`'s own options and their defaults; a dataset's config options follow them.
+LOAD_OPTIONS = {"download_and_prepare": False, "manual_dir": None, "resolution": None,
+                "cache_size": 64, "lazy": True}
 
 
 def extract_tarball(tarball: str, target: str) -> str:
@@ -129,102 +111,7 @@ def extract_tarball(tarball: str, target: str) -> str:
 
 
 # ----------------------------------------------------------------------------
-# MNIST idx files and the MNIST-CDCB recipe.
-
-
-def read_idx(path: str) -> np.ndarray:
-  """A uint8 idx array (MNIST format; gzipped if the file is)."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-    if data[:2] == b"\x1f\x8b":
-      data = gzip.decompress(data)
-  except (OSError, EOFError) as e:
-    raise DatasetFormatError(f"{path}: cannot read idx file ({type(e).__name__}: {e})") from e
-  if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
-    raise DatasetFormatError(f"{path}: not a uint8 idx file (bad magic number {data[:4].hex()})")
-  ndim = data[3]
-  header = 4 + 4 * ndim
-  if len(data) < header:
-    raise DatasetFormatError(f"{path}: truncated idx header")
-  shape = tuple(int(d) for d in np.frombuffer(data[4:header], ">u4"))
-  size = int(np.prod(shape, dtype=np.int64))
-  if len(data) - header != size:
-    raise DatasetFormatError(
-        f"{path}: idx header says shape {shape} ({size} bytes) but {len(data) - header} bytes follow")
-  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
-
-
-def find_mnist_file(mnist_dir: str, part: str, kind: str) -> str:
-  """The path of an MNIST idx file (plain or .gz) in `mnist_dir`."""
-  base = os.path.join(mnist_dir, MNIST_FILES[(part, kind)])
-  for path in (base, base + ".gz"):
-    if os.path.isfile(path):
-      return path
-  raise DatasetNotFoundError(
-      f"mnist_cdcb: file not found: {base}[.gz]. Put the four MNIST idx files "
-      f"({', '.join(MNIST_FILES.values())}, optionally gzipped; from {MNIST_URL}, the files "
-      f"tfds's `mnist` builder downloads) in {mnist_dir}.")
-
-
-def read_mnist(mnist_dir: str, part: str) -> Tuple[np.ndarray, np.ndarray]:
-  """(images (N, H, W) uint8, labels (N,) uint8) of MNIST part 'train' or 'test'."""
-  image_path = find_mnist_file(mnist_dir, part, "images")
-  label_path = find_mnist_file(mnist_dir, part, "labels")
-  images, labels = read_idx(image_path), read_idx(label_path)
-  if images.ndim != 3:
-    raise DatasetFormatError(f"{image_path}: expected (N, H, W) images, got shape {images.shape}")
-  if labels.shape != (len(images),):
-    raise DatasetFormatError(
-        f"{label_path}: expected {len(images)} labels (one per image), got shape {labels.shape}")
-  if labels.size and labels.max() > 9:
-    raise DatasetFormatError(f"{label_path}: labels must be digits 0-9, found {labels.max()}")
-  return images, labels
-
-
-def mnist_split_ids(num_train: int, num_test: int, split: str) -> Tuple[str, np.ndarray]:
-  """(MNIST part, image ids) of a split: the last sixth of MNIST train (10,000) is 'valid'."""
-  num_valid = num_train // 6
-  if split == "train":
-    return "train", np.arange(num_train - num_valid)
-  if split == "valid":
-    return "train", np.arange(num_train - num_valid, num_train)
-  if split == "test":
-    return "test", np.arange(num_test)
-  raise ValueError(f"unknown split {split!r}; expected 'train', 'valid' or 'test'")
-
-
-def mnist_cdcb(mnist_dir: str, split: str, resolution: int = 32, seed: int = 0) -> PairedData:
-  """MNIST-CDCB pairs made from raw MNIST with the offline colouring recipe.
-
-  X is the digit stroked in a PALETTE colour on black, Y the white digit on a
-  PALETTE background (`offline.colorize_pair`), both upscaled bicubically from
-  28x28 to `resolution`; colours are drawn per pair from `seed` (independently
-  for X and Y), as `offline.digits_cdcb` draws them. Splits: 'train' = MNIST
-  train images 0-49,999, 'valid' = 50,000-59,999, 'test' = the 10,000 MNIST
-  test images. Factors "digit", "x_color", "y_color" and "image" (the id in
-  the MNIST file). This rebuilds MNIST-CDCB in the paper's spirit; it is not
-  the pair files of the original release (read those with `load_pix2pix`).
-  """
-  parts = {part: read_mnist(mnist_dir, part) for part in ("train", "test")}
-  part, ids = mnist_split_ids(len(parts["train"][0]), len(parts["test"][0]), split)
-  images, labels = parts[part]
-  rng = np.random.default_rng([int(seed), _SPLIT_STREAM[split]])
-  x_colors = rng.integers(len(offline.PALETTE), size=len(ids), dtype=np.int32)
-  y_colors = rng.integers(len(offline.PALETTE), size=len(ids), dtype=np.int32)
-  canvases = images.astype(np.float32) / 255.0
-  return PairedData(
-      name="mnist_cdcb", split=split,
-      x=offline.ColoredDigits(canvases, ids, x_colors, int(resolution), "x"),
-      y=offline.ColoredDigits(canvases, ids, y_colors, int(resolution), "y"),
-      factors={"digit": labels[ids].astype(np.int32), "x_color": x_colors, "y_color": y_colors,
-               "image": ids.astype(np.int32)},
-      factor_names={"digit": list(offline.DIGIT_NAMES), "x_color": list(offline.PALETTE_NAMES),
-                    "y_color": list(offline.PALETTE_NAMES)})
-
-
-# ----------------------------------------------------------------------------
-# Builder configs and the common base.
+# Builder configs (each dataset's TFDS options) and the common base.
 
 
 @dataclasses.dataclass(eq=False)
@@ -245,7 +132,7 @@ class DigitsZsConfig(tfds.core.BuilderConfig):
 
 @dataclasses.dataclass(eq=False)
 class MnistCdcbConfig(tfds.core.BuilderConfig):
-  """Options of `mnist_cdcb`; `max_examples` keeps the first pairs of each split."""
+  """Options of `mnist.mnist_cdcb`; `max_examples` keeps the first pairs of each split."""
   resolution: int = 32
   seed: int = 0
   max_examples: Optional[int] = None
@@ -256,6 +143,9 @@ class SketchyVggConfig(tfds.core.BuilderConfig):
   """Options of `sketchy.load_sketchy`."""
   sketchy_split: int = 1
   feature_dim: int = 512
+
+
+_BASE_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
 
 def _config_name(config_cls, values: Dict[str, Any]) -> str:
@@ -272,9 +162,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = _VERSION
   RELEASE_NOTES = _RELEASE_NOTES
-  CONFIG_CLASS = None          # a BuilderConfig subclass, or None for no options
-  KIND = "paired"              # or "zero_shot"
-  SKIP_DECODING: Tuple[str, ...] = ()   # image features read as bytes and decoded by us
+  CONFIG_CLASS = None          # a BuilderConfig subclass (its fields are the options), or None
+  SKIP_DECODING: Tuple[str, ...] = ()   # image features read as bytes and decoded by the loaders' decoders
   DEFAULT_RESOLUTION = 256
   DESCRIPTION = ""
   HOMEPAGE = ""
@@ -291,19 +180,24 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(inspect.getfile(cls))
 
   @classmethod
+  def config_defaults(cls) -> Dict[str, Any]:
+    """The options of this builder's config and their defaults, in declaration order."""
+    if cls.CONFIG_CLASS is None:
+      return {}
+    return {f.name: f.default for f in dataclasses.fields(cls.CONFIG_CLASS) if f.name not in _BASE_CONFIG_FIELDS}
+
+  @classmethod
   def make_config(cls, **options) -> Optional[tfds.core.BuilderConfig]:
     """The config for `options` (None for a builder without options)."""
     if cls.CONFIG_CLASS is None:
       if options:
         raise TypeError(f"{cls.name} takes no options, got {sorted(options)}")
       return None
-    fields = [f.name for f in dataclasses.fields(cls.CONFIG_CLASS)
-              if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)}]
-    unknown = sorted(set(options) - set(fields))
+    defaults = cls.config_defaults()
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-      raise TypeError(f"{cls.name}: unknown options {unknown}; known: {fields}")
-    defaults = cls.CONFIG_CLASS(name="_")
-    values = {f: options.get(f, getattr(defaults, f)) for f in fields}
+      raise TypeError(f"{cls.name}: unknown options {unknown}; known: {list(defaults)}")
+    values = {f: options.get(f, default) for f, default in defaults.items()}
     config = cls.CONFIG_CLASS(name=_config_name(cls.CONFIG_CLASS, values), **values)
     # tfds refuses a new config object named like a registered one: return that one.
     registered = {c.name: c for c in getattr(cls, "BUILDER_CONFIGS", [])}.get(config.name)
@@ -320,6 +214,20 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         disable_shuffling=True)  # records keep the direct loaders' order
 
   def _features(self) -> tfds.features.FeaturesDict:
+    raise NotImplementedError
+
+  def read_split(self, split: str, resolution: Optional[int],
+                 cache_size: int) -> Union[PairedData, ZeroShotData]:
+    """The prepared `split` as the files loader's lazy data (`resolution` None: the default)."""
+    splits = self.info.metadata.get("splits", {})
+    if split not in splits:
+      raise ValueError(f"{self.name} has splits {sorted(splits)}, got {split!r}")
+    source = self.as_data_source(
+        split=split, decoders={k: tfds.decode.SkipDecoding() for k in self.SKIP_DECODING} or None)
+    return self._read(source, splits[split], split, resolution, cache_size)
+
+  def _read(self, source, meta: Dict[str, Any], split: str, resolution: Optional[int],
+            cache_size: int) -> Union[PairedData, ZeroShotData]:
     raise NotImplementedError
 
   def _set_split_metadata(self, split: str, entry: Dict[str, Any]) -> None:
@@ -339,76 +247,86 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return manual
 
 
-def _paired_image_features(resolution=None) -> Dict[str, Any]:
-  shape = (resolution, resolution, 3)
-  return {"x": tfds.features.Image(shape=shape, encoding_format="png"),
-          "y": tfds.features.Image(shape=shape, encoding_format="png")}
-
-
-def _colour_factor_features() -> Dict[str, Any]:
-  return {"digit": tfds.features.ClassLabel(names=offline.DIGIT_NAMES),
-          "x_color": tfds.features.ClassLabel(names=offline.PALETTE_NAMES),
-          "y_color": tfds.features.ClassLabel(names=offline.PALETTE_NAMES),
-          "image": tfds.features.Scalar(dtype=np.int64)}
-
-
-def _paired_examples(data: PairedData, count: int, chunk: int = 256):
-  """(key, record) of the first `count` pairs of lazy PairedData, as PNG-encoded uint8 images."""
-  for start in range(0, count, chunk):
-    stop = min(start + chunk, count)
-    xs = pix2pix.to_uint8(data.x[start:stop])
-    ys = pix2pix.to_uint8(data.y[start:stop])
-    for i in range(start, stop):
-      record = {"x": encode_png(xs[i - start]), "y": encode_png(ys[i - start])}
-      record.update({k: int(v[i]) for k, v in data.factors.items()})
-      yield i, record
-
-
 def _count(n: int, max_examples: Optional[int]) -> int:
   return n if max_examples is None else min(n, int(max_examples))
 
 
-def _factor_metadata(data: PairedData, count: int) -> Dict[str, Any]:
-  return {"name": data.name, "num_examples": count,
-          "factors": {k: np.asarray(v[:count]).astype(int).tolist() for k, v in data.factors.items()},
-          "factor_names": {k: list(v) for k, v in data.factor_names.items()}}
-
-
 # ----------------------------------------------------------------------------
-# Paired datasets generated or built from arrays.
+# Paired datasets generated or built from arrays (digits_cdcb, mnist_cdcb_rebuilt).
 
 
-class DigitsCdcb(_Builder):
+class _RecordPairs:
+  """index -> (x, y) PNG files of record `index`, for `pix2pix.ImagePairDecoder`."""
+
+  def __init__(self, source, where: str):
+    self.source = source
+    self.where = where
+
+  def __getitem__(self, index: int):
+    record = self.source[int(index)]
+    return tuple(pix2pix.EncodedFile(record[k], f"{self.where} record {index} {k}") for k in ("x", "y"))
+
+
+class _ColoredPairsBuilder(_Builder, skip_registration=True):
+  """Coloured digit pairs stored as PNG at the config's resolution, with their factors."""
+
+  SKIP_DECODING = ("x", "y")
+
+  def _features(self):
+    shape = (self.builder_config.resolution,) * 2 + (3,)
+    return tfds.features.FeaturesDict({
+        "x": tfds.features.Image(shape=shape, encoding_format="png"),
+        "y": tfds.features.Image(shape=shape, encoding_format="png"),
+        "digit": tfds.features.ClassLabel(names=offline.DIGIT_NAMES),
+        "x_color": tfds.features.ClassLabel(names=offline.PALETTE_NAMES),
+        "y_color": tfds.features.ClassLabel(names=offline.PALETTE_NAMES),
+        "image": tfds.features.Scalar(dtype=np.int64)})
+
+  def _pairs_split(self, split: str, data: PairedData):
+    count = _count(len(data), self.builder_config.max_examples)
+    self._set_split_metadata(split, {
+        "name": data.name, "num_examples": count,
+        "factors": {k: np.asarray(v[:count]).astype(int).tolist() for k, v in data.factors.items()},
+        "factor_names": {k: list(v) for k, v in data.factor_names.items()}})
+    return self._generate_examples(data, count)
+
+  def _generate_examples(self, data: PairedData, count: int, chunk: int = 256):
+    for start in range(0, count, chunk):
+      stop = min(start + chunk, count)
+      xs = pix2pix.to_uint8(data.x[start:stop])
+      ys = pix2pix.to_uint8(data.y[start:stop])
+      for i in range(start, stop):
+        record = {"x": pix2pix.encode_png(xs[i - start]), "y": pix2pix.encode_png(ys[i - start])}
+        record.update({k: int(v[i]) for k, v in data.factors.items()})
+        yield i, record
+
+  def _read(self, source, meta, split, resolution, cache_size):
+    resolution = resolution or self.builder_config.resolution
+    decoder = pix2pix.ImagePairDecoder(_RecordPairs(source, f"{self.name}/{split}"), resolution)
+    reader = pix2pix.PairReader(len(source), (resolution, resolution, 3), decoder, cache_size)
+    return PairedData(name=meta["name"], split=split, x=reader.x, y=reader.y,
+                      factors={k: np.asarray(v, np.int32) for k, v in meta["factors"].items()},
+                      factor_names={k: list(v) for k, v in meta["factor_names"].items()})
+
+
+class DigitsCdcb(_ColoredPairsBuilder):
   """Offline MNIST-CDCB from scikit-learn's digits (`offline.digits_cdcb`)."""
 
   CONFIG_CLASS = DigitsCdcbConfig
   BUILDER_CONFIGS = [DigitsCdcbConfig(name="resolution32_seed0_copies8")]
-  SKIP_DECODING = ("x", "y")
   DESCRIPTION = ("Coloured digit on black (X) / white digit on a coloured background (Y), "
                  "generated from scikit-learn's 8x8 digits; no download.")
-
-  def _features(self):
-    return tfds.features.FeaturesDict(
-        {**_paired_image_features(self.builder_config.resolution), **_colour_factor_features()})
 
   def _split_generators(self, dl_manager):
     del dl_manager
     config = self.builder_config
-    generators = {}
-    for split in ("train", "valid", "test"):
-      data = offline.digits_cdcb(split, resolution=config.resolution, seed=config.seed,
-                                 copies=config.copies)
-      count = _count(len(data), config.max_examples)
-      self._set_split_metadata(split, _factor_metadata(data, count))
-      generators[split] = self._generate_examples(data, count)
-    return generators
-
-  def _generate_examples(self, data, count):
-    yield from _paired_examples(data, count)
+    return {split: self._pairs_split(split, offline.digits_cdcb(
+                split, resolution=config.resolution, seed=config.seed, copies=config.copies))
+            for split in ("train", "valid", "test")}
 
 
-class MnistCdcbRebuilt(_Builder):
-  """MNIST-CDCB rebuilt from the MNIST idx files (see `mnist_cdcb`): not the release's pairs.
+class MnistCdcbRebuilt(_ColoredPairsBuilder):
+  """MNIST-CDCB rebuilt from the MNIST idx files (`mnist.mnist_cdcb`): not the release's pairs.
 
   The release's pair files are the builder `mnist_cdcb` (what `load('mnist_cdcb',
   source='tfds')` reads, equal to the files loader); this one makes pairs in the
@@ -417,23 +335,18 @@ class MnistCdcbRebuilt(_Builder):
 
   CONFIG_CLASS = MnistCdcbConfig
   BUILDER_CONFIGS = [MnistCdcbConfig(name="resolution32_seed0")]
-  SKIP_DECODING = ("x", "y")
   DESCRIPTION = ("MNIST digits coloured into pairs: digit in a palette colour on black (X) / "
                  "white digit on a palette background (Y); colours drawn per pair.")
   HOMEPAGE = "https://github.com/agonzgarc/cross-domain-disen"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Optional: put the four MNIST idx files (train-images-idx3-ubyte, "
       "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
-      f"plain or .gz) from {MNIST_URL} in manual_dir; without them they are downloaded.")
-
-  def _features(self):
-    return tfds.features.FeaturesDict(
-        {**_paired_image_features(self.builder_config.resolution), **_colour_factor_features()})
+      f"plain or .gz) from {mnist.MNIST_URL} in manual_dir; without them they are downloaded.")
 
   def _split_generators(self, dl_manager):
     mnist_dir = self._optional_manual_dir(dl_manager)
     if mnist_dir is None:
-      files = dl_manager.download({name: MNIST_URL + name + ".gz" for name in MNIST_FILES.values()})
+      files = dl_manager.download({name: mnist.MNIST_URL + name + ".gz" for name in mnist.MNIST_FILES.values()})
       mnist_dir = os.path.join(os.fspath(dl_manager.download_dir), "mnist_idx")
       os.makedirs(mnist_dir, exist_ok=True)
       for name, path in files.items():  # downloads have hashed names: give them theirs back
@@ -441,20 +354,24 @@ class MnistCdcbRebuilt(_Builder):
         if not os.path.exists(target):
           shutil.copyfile(os.fspath(path), target)
     config = self.builder_config
-    generators = {}
-    for split in ("train", "valid", "test"):
-      data = mnist_cdcb(mnist_dir, split, resolution=config.resolution, seed=config.seed)
-      count = _count(len(data), config.max_examples)
-      self._set_split_metadata(split, _factor_metadata(data, count))
-      generators[split] = self._generate_examples(data, count)
-    return generators
-
-  def _generate_examples(self, data, count):
-    yield from _paired_examples(data, count)
+    return {split: self._pairs_split(split, mnist.mnist_cdcb(
+                mnist_dir, split, resolution=config.resolution, seed=config.seed))
+            for split in ("train", "valid", "test")}
 
 
 # ----------------------------------------------------------------------------
-# pix2pix folders (Facades, Maps).
+# pix2pix folders (MNIST-CDCB, Facades, Maps).
+
+
+class _RecordFiles:
+  """index -> the pair file kept in record `index`, named as the file it was, for `pix2pix.PairFileDecoder`."""
+
+  def __init__(self, source, file_names: Sequence[str]):
+    self.source = source
+    self.file_names = list(file_names)
+
+  def __getitem__(self, index: int) -> pix2pix.EncodedFile:
+    return pix2pix.EncodedFile(self.source[int(index)]["image"], self.file_names[index])
 
 
 class _Pix2pixBuilder(_Builder, skip_registration=True):
@@ -491,15 +408,12 @@ class _Pix2pixBuilder(_Builder, skip_registration=True):
     root = self._source_root(dl_manager)
     generators = {}
     for split in ("train", "valid", "test"):
-      try:
-        paths = pix2pix.split_files(root, split, self.name)
+      try:  # the files loader's listing and check of every file
+        paths = pix2pix.load_pix2pix(root, split, name=self.name).x.paths
       except DatasetNotFoundError:
         if split == "train":
           raise
         continue  # e.g. a Facades folder without test/
-      if not paths:
-        continue
-      pix2pix.check_pair_files(paths)
       names = [os.path.basename(p) for p in paths]
       self._set_split_metadata(split, {"name": self.name, "num_examples": len(paths),
                                        "file_names": names})
@@ -510,6 +424,14 @@ class _Pix2pixBuilder(_Builder, skip_registration=True):
     for i, path in enumerate(paths):
       with open(path, "rb") as f:
         yield i, {"image": f.read(), "file_name": os.path.basename(path)}
+
+  def _read(self, source, meta, split, resolution, cache_size):
+    resolution = resolution or self.DEFAULT_RESOLUTION
+    names = list(meta["file_names"])
+    decoder = pix2pix.PairFileDecoder(_RecordFiles(source, names), resolution,
+                                      self.name in pix2pix.X_ON_THE_RIGHT)
+    reader = pix2pix.PairReader(len(source), (resolution, resolution, 3), decoder, cache_size, paths=names)
+    return PairedData(name=meta["name"], split=split, x=reader.x, y=reader.y)
 
 
 class MnistCdcb(_Pix2pixBuilder):
@@ -558,6 +480,24 @@ class Maps(_Pix2pixBuilder):
 # Cars.
 
 
+def _view_record(position: int, elevation: int, azimuth: int) -> int:
+  """The record of a car's view: records run by car (its position in the split), elevation, azimuth."""
+  return (position * cars_lib.NUM_ELEVATIONS + elevation) * cars_lib.NUM_AZIMUTHS + azimuth
+
+
+class _RecordViews:
+  """(car, elevation, azimuth) -> the uint8 view in its record, for `cars.CarPairDecoder`."""
+
+  def __init__(self, source, cars: Sequence[int], where: str):
+    self.source = source
+    self.position = {car: i for i, car in enumerate(cars)}
+    self.where = where
+
+  def __call__(self, car: int, elevation: int, azimuth: int) -> np.ndarray:
+    index = _view_record(self.position[car], elevation, azimuth)
+    return pix2pix.decode_image(pix2pix.EncodedFile(self.source[index]["image"], f"{self.where} record {index}"))
+
+
 class Cars(_Builder):
   """3D car renderings: one record per (car, elevation, azimuth) view."""
 
@@ -589,31 +529,48 @@ class Cars(_Builder):
         if split == "train":
           raise
         continue
-      for path in paths.values():  # check every file before writing anything
-        cars_lib.read_car(path)
+      arrays = cars_lib.CarArrays(paths, max_cars=1)
+      cars_lib.check_car_files(arrays)  # every file, before anything is written
       self._set_split_metadata(split, {"name": "cars", "cars": sorted(paths)})
-      generators[split] = self._generate_examples(paths)
+      generators[split] = self._generate_examples(arrays)
     return generators
 
-  def _generate_examples(self, paths):
-    key = 0
-    for car in sorted(paths):
-      im = cars_lib.read_car(paths[car])
+  def _generate_examples(self, arrays: cars_lib.CarArrays):
+    for position, car in enumerate(sorted(arrays.paths)):
       for elevation in range(cars_lib.NUM_ELEVATIONS):
         for azimuth in range(cars_lib.NUM_AZIMUTHS):
-          yield key, {"image": encode_png(np.ascontiguousarray(im[:, :, :, azimuth, elevation])),
-                      "car": car, "elevation": elevation, "azimuth": azimuth}
-          key += 1
+          yield _view_record(position, elevation, azimuth), {
+              "image": pix2pix.encode_png(arrays.view(car, elevation, azimuth)),
+              "car": car, "elevation": elevation, "azimuth": azimuth}
+
+  def _read(self, source, meta, split, resolution, cache_size):
+    cars = meta["cars"]
+    if len(source) != _view_record(len(cars), 0, 0):
+      raise DatasetFormatError(f"cars/{split}: {len(source)} records for {len(cars)} cars")
+    factors = cars_lib.pair_factors(cars)
+    views = _RecordViews(source, cars, f"cars/{split}")
+    return cars_lib.paired_data(split, factors, cars_lib.CarPairDecoder(
+        views, factors, resolution or self.DEFAULT_RESOLUTION), cache_size)
 
 
 # ----------------------------------------------------------------------------
 # Zero-shot feature datasets.
 
 
+class _FeatureRows:
+  """row indices -> float32 features of records offset + index, for `pix2pix.LazyImages`."""
+
+  def __init__(self, source, offset: int):
+    self.source = source
+    self.offset = offset
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    records = self.source.__getitems__([self.offset + int(i) for i in indices])
+    return np.stack([np.asarray(r["feature"], np.float32) for r in records])
+
+
 class _ZeroShotBuilder(_Builder, skip_registration=True):
   """Sketch then photo feature rows of each split; classes, labels and paths in metadata."""
-
-  KIND = "zero_shot"
 
   def _features(self):
     return tfds.features.FeaturesDict({
@@ -650,6 +607,22 @@ class _ZeroShotBuilder(_Builder, skip_registration=True):
                     "domain": domain, "path": paths[i]}
         key += 1
 
+  def _read(self, source, meta, split, resolution, cache_size):
+    del resolution, cache_size  # feature rows: no images
+    n_s, n_p = meta["num_sketches"], meta["num_photos"]
+    if len(source) != n_s + n_p:
+      raise DatasetFormatError(f"{self.name}/{split}: {len(source)} records, metadata says {n_s} + {n_p}")
+    sketch = pix2pix.LazyImages(n_s, (meta["sketch_dim"],), _FeatureRows(source, 0),
+                                convert=pix2pix.as_float32)
+    photo = pix2pix.LazyImages(n_p, (meta["photo_dim"],), _FeatureRows(source, n_s),
+                               convert=pix2pix.as_float32)
+    return ZeroShotData(
+        name=meta["name"], split=split, sketch=sketch,
+        sketch_labels=np.asarray(meta["sketch_labels"], np.int32), photo=photo,
+        photo_labels=np.asarray(meta["photo_labels"], np.int32), classes=list(meta["classes"]),
+        sketch_paths=np.asarray(meta["sketch_paths"], dtype=str),
+        photo_paths=np.asarray(meta["photo_paths"], dtype=str))
+
 
 class DigitsZs(_ZeroShotBuilder):
   """Offline zero-shot sketch/photo features from scikit-learn's digits (`offline.digits_zs`)."""
@@ -683,7 +656,6 @@ class SketchyVgg(_ZeroShotBuilder):
       "so that manual_dir/split1/train_sketch_features.npy exists (or manual_dir/SketchyVGG/split1/...).")
 
   def _split_generators(self, dl_manager):
-    from iiae_jax.data.sketchy import load_sketchy  # pylint: disable=g-import-not-at-top
     manual = self._required_manual_dir(dl_manager)
     nested = os.path.join(manual, "SketchyVGG")
     root = nested if os.path.isdir(nested) else manual
@@ -710,6 +682,11 @@ def builder_class(name: str):
     raise ValueError(f"no TFDS builder for {name!r}; known: {sorted(BUILDERS)} "
                      f"(aliases {sorted(ALIASES)})")
   return BUILDERS[key]
+
+
+def options(name: str) -> Tuple[str, ...]:
+  """The options `load_tfds(name, ...)` takes: its own (LOAD_OPTIONS), then the builder's config's."""
+  return tuple(dict.fromkeys([*LOAD_OPTIONS, *builder_class(name).config_defaults()]))
 
 
 def make_config(name: str, **options) -> Optional[tfds.core.BuilderConfig]:
@@ -745,116 +722,6 @@ def prepare(name: str, data_dir: str, manual_dir: Optional[str] = None,
   return dataset
 
 
-class _RecordLoader:
-  """indices -> [tuple of record[key] for key in keys], one batched read of the source."""
-
-  def __init__(self, source, keys: Sequence[str], view_of=None):
-    self.source = source
-    self.keys = tuple(keys)
-    self.view_of = view_of  # pair index -> tuple of record indices (cars)
-
-  def __call__(self, indices: Sequence[int]) -> List[tuple]:
-    if self.view_of is None:
-      records = self.source.__getitems__([int(i) for i in indices])
-      return [tuple(r[k] for k in self.keys) for r in records]
-    views = [self.view_of(int(i)) for i in indices]
-    flat = self.source.__getitems__([v for pair in views for v in pair])
-    return [tuple(flat[2 * j + t][self.keys[0]] for t in range(2)) for j in range(len(views))]
-
-
-class _PngPairDecoder:
-  """(x_png, y_png) -> uint8 (x, y) at `resolution`."""
-
-  def __init__(self, resolution: int):
-    self.resolution = resolution
-
-  def __call__(self, item):
-    return tuple(pix2pix.resize(decode_png(b), self.resolution) for b in item)
-
-
-class _Pix2pixDecoder:
-  """(file_bytes, file_name) -> uint8 (x, y) halves at `resolution`, as `load_pix2pix` decodes."""
-
-  def __init__(self, resolution: int, x_on_the_right: bool = False):
-    self.resolution = resolution
-    self.x_on_the_right = x_on_the_right
-
-  def __call__(self, item):
-    data, name = item
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return pix2pix.split_pair(pix2pix.decode_pair_image(io.BytesIO(data), name), self.resolution,
-                              self.x_on_the_right)
-
-
-class _CarViews:
-  """pair index -> (record of the azimuth-0 view, record of the Y view)."""
-
-  def __init__(self, factors: Dict[str, np.ndarray], cars: Sequence[int]):
-    self.position = {car: i for i, car in enumerate(cars)}
-    self.factors = factors
-
-  def __call__(self, index: int) -> Tuple[int, int]:
-    car = self.position[int(self.factors["car"][index])]
-    elevation = int(self.factors["elevation"][index])
-    first = (car * cars_lib.NUM_ELEVATIONS + elevation) * cars_lib.NUM_AZIMUTHS
-    return first, first + int(self.factors["azimuth"][index])
-
-
-class _FeatureRows:
-  """row indices -> float32 features of records offset + index."""
-
-  def __init__(self, source, offset: int):
-    self.source = source
-    self.offset = offset
-
-  def __call__(self, indices: np.ndarray) -> np.ndarray:
-    records = self.source.__getitems__([self.offset + int(i) for i in indices])
-    return np.stack([np.asarray(r["feature"], np.float32) for r in records])
-
-
-def _paired_data(cls, dataset, source, meta, split, resolution, cache_size) -> PairedData:
-  if cls is Cars:
-    factors = cars_lib.pair_factors(meta["cars"])
-    length = len(factors["car"])
-    if len(source) != len(meta["cars"]) * cars_lib.NUM_ELEVATIONS * cars_lib.NUM_AZIMUTHS:
-      raise DatasetFormatError(f"cars/{split}: {len(source)} records for {len(meta['cars'])} cars")
-    resolution = resolution or cls.DEFAULT_RESOLUTION
-    reader = pix2pix.PairReader(
-        length, (resolution, resolution, 3), _PngPairDecoder(resolution), cache_size,
-        load=_RecordLoader(source, ("image",), view_of=_CarViews(factors, meta["cars"])))
-    return PairedData(name=meta["name"], split=split, x=reader.x, y=reader.y, factors=factors,
-                      factor_names={k: list(v) for k, v in cars_lib.FACTOR_NAMES.items()})
-  if issubclass(cls, _Pix2pixBuilder):
-    resolution = resolution or cls.DEFAULT_RESOLUTION
-    reader = pix2pix.PairReader(
-        len(source), (resolution, resolution, 3),
-        _Pix2pixDecoder(resolution, cls.name in pix2pix.X_ON_THE_RIGHT), cache_size,
-        paths=list(meta["file_names"]), load=_RecordLoader(source, ("image", "file_name")))
-    return PairedData(name=meta["name"], split=split, x=reader.x, y=reader.y)
-  resolution = resolution or dataset.builder_config.resolution
-  reader = pix2pix.PairReader(len(source), (resolution, resolution, 3), _PngPairDecoder(resolution),
-                              cache_size, load=_RecordLoader(source, ("x", "y")))
-  factors = {k: np.asarray(v, np.int32) for k, v in meta["factors"].items()}
-  return PairedData(name=meta["name"], split=split, x=reader.x, y=reader.y, factors=factors,
-                    factor_names={k: list(v) for k, v in meta["factor_names"].items()})
-
-
-def _zero_shot_data(source, meta, split) -> ZeroShotData:
-  n_s, n_p = meta["num_sketches"], meta["num_photos"]
-  if len(source) != n_s + n_p:
-    raise DatasetFormatError(f"{split}: {len(source)} records, metadata says {n_s} + {n_p}")
-  sketch = pix2pix.LazyImages(n_s, (meta["sketch_dim"],), _FeatureRows(source, 0),
-                              convert=pix2pix.as_float32)
-  photo = pix2pix.LazyImages(n_p, (meta["photo_dim"],), _FeatureRows(source, n_s),
-                             convert=pix2pix.as_float32)
-  return ZeroShotData(
-      name=meta["name"], split=split, sketch=sketch,
-      sketch_labels=np.asarray(meta["sketch_labels"], np.int32), photo=photo,
-      photo_labels=np.asarray(meta["photo_labels"], np.int32), classes=list(meta["classes"]),
-      sketch_paths=np.asarray(meta["sketch_paths"], dtype=str),
-      photo_paths=np.asarray(meta["photo_paths"], dtype=str))
-
-
 def load_tfds(name: str, split: str, data_dir: str, *, download_and_prepare: bool = False,
               manual_dir: Optional[str] = None, resolution: Optional[int] = None,
               cache_size: int = 64, lazy: bool = True,
@@ -882,10 +749,12 @@ def load_tfds(name: str, split: str, data_dir: str, *, download_and_prepare: boo
 
   Raises:
     DatasetNotFoundError: the dataset (or config) is not prepared in data_dir.
+    DatasetFormatError: the records disagree with the metadata (their count,
+      a label outside the classes).
     ValueError: the split is not in the dataset.
   """
   cls = builder_class(name)
-  if resolution is not None and cls.CONFIG_CLASS in (DigitsCdcbConfig, MnistCdcbConfig):
+  if resolution is not None and "resolution" in cls.config_defaults():
     options["resolution"] = resolution
   dataset = builder(name, data_dir, **options)
   if not dataset.is_prepared():
@@ -898,18 +767,10 @@ def load_tfds(name: str, split: str, data_dir: str, *, download_and_prepare: boo
           f"{', manual_dir=...' if hasattr(cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS') else ''}"
           f"{''.join(f', {k}={v!r}' for k, v in options.items())}) "
           "or pass download_and_prepare=True." + getattr(cls, "NOT_PREPARED_NOTE", ""))
-  splits = dataset.info.metadata.get("splits", {})
-  if split not in splits:
-    raise ValueError(f"{cls.name} has splits {sorted(splits)}, got {split!r}")
-  source = dataset.as_data_source(
-      split=split, decoders={k: tfds.decode.SkipDecoding() for k in cls.SKIP_DECODING} or None)
-  meta = splits[split]
-  if cls.KIND == "zero_shot":
-    data = _zero_shot_data(source, meta, split)
-    if not lazy:
-      data.sketch, data.photo = np.asarray(data.sketch), np.asarray(data.photo)
-    return data
-  data = _paired_data(cls, dataset, source, meta, split, resolution, cache_size)
+  data = dataset.read_split(split, resolution, cache_size)
   if not lazy:
-    data.x, data.y = np.asarray(data.x), np.asarray(data.y)
+    if isinstance(data, ZeroShotData):
+      data.sketch, data.photo = np.asarray(data.sketch), np.asarray(data.photo)
+    else:
+      data.x, data.y = np.asarray(data.x), np.asarray(data.y)
   return data
