@@ -104,9 +104,7 @@ def figure_grid(path, cell_width):
   with Image.open(path) as im:
     assert im.format == "PNG" and im.mode == "RGB", path
     pixels = np.asarray(im)
-  name = os.path.splitext(os.path.basename(path))[0]
-  labelled = name in ("reconstruction", "translation_x_to_y", "translation_y_to_x")
-  top, left = grids.figure_offset(True, labelled)
+  top, left = grids.figure_offset(True, True)
   assert (pixels[:top] < 128).any(), f"{path}: no title or labels above the grid"
   scale = grids.figure_scale(cell_width)
   enlarged = pixels[top:, left:]

@@ -185,11 +185,11 @@ def test_a_batch_that_does_not_divide_the_devices_is_refused():
 def test_train_and_evaluate_validates_before_creating_the_workdir(tmp_path):
   config = _images()
   config.loss.lam = -1.0
-  started = time.perf_counter()
+  started = time.process_time()   # this process's CPU time: a busy machine does not count
   with pytest.raises(ConfigError, match=r"loss.lam must be >= 0, got -1.0"):
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()    # nothing created, nothing loaded
-  assert time.perf_counter() - started < 5
+  assert time.process_time() - started < 5
 
 
 def test_evaluate_checkpoint_validates_before_reading_the_workdir(tmp_path):

@@ -14,13 +14,13 @@ SKLEARN = load_digits()
 
 def test_generation_is_fast():
   offline.clear_cache()
-  start = time.perf_counter()
+  start = time.process_time()   # this process's CPU time: a busy machine does not count
   train = digits_cdcb("train")
   train.batch(np.arange(64))
   digits_cdcb("test")
   digits_zs("train")
   digits_zs("test")
-  assert time.perf_counter() - start < 5.0
+  assert time.process_time() - start < 5.0
 
 
 def test_palette_is_fixed_distinct_and_in_range():

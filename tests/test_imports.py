@@ -94,6 +94,15 @@ def test_the_cycle_finder_finds_a_cycle():
   assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_imports_stand_at_the_top_except_optional_dependencies():
+  deferred = []
+  for module, path in _modules().items():
+    for names, at_top, line in _imports(path):
+      if not at_top and not any(names[0] == o or names[0].startswith(o + ".") for o in OPTIONAL):
+        deferred.append(f"{os.path.relpath(path, ROOT)}:{line} imports {names[0]}")
+  assert deferred == []
+
+
 def test_importing_the_package_imports_no_tensorflow():
   code = ("import sys, iiae_jax, iiae_jax.trainer, iiae_jax.evaluate, iiae_jax.recipes\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')))")

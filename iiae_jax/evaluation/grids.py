@@ -184,7 +184,7 @@ def column_labels(name: str, num_columns: int) -> Tuple[str, ...]:
     return (f"{source} (source)", f"{target} (true pair)") + tuple(
         f"draw {k}" for k in range(1, num_columns - 1))
   kind = "z_y" if name.endswith(("x_to_y", "_y")) else "z_x"
-  return ("z_s from",) + tuple(f"{kind} of {j}" for j in range(1, num_columns))
+  return ("sources (z_s)",) + tuple(f"{kind} of #{j}" for j in range(1, num_columns))
 
 
 FIGURE_MIN_CELL = 96   # pixels: small images are enlarged (each pixel repeated) to at least this
@@ -230,12 +230,8 @@ _LINE = 18   # pixels per text line
 
 def grid_figures(layouts: Dict[str, np.ndarray], pad: int = PAD) -> Dict[str, np.ndarray]:
   """Every layout as a titled, labelled `figure`."""
-  out = {}
-  for name, cells in layouts.items():
-    labels = column_labels(name, cells.shape[1]) if name in ("reconstruction", "translation_x_to_y",
-                                                               "translation_y_to_x") else ()
-    out[name] = figure(cells, GRID_TITLES.get(name, name), labels, pad)
-  return out
+  return {name: figure(cells, GRID_TITLES.get(name, name), column_labels(name, cells.shape[1]), pad)
+          for name, cells in layouts.items()}
 
 
 def write_grids(out_dir: str, layouts: Dict[str, np.ndarray], pad: int = PAD) -> Dict[str, str]:
