@@ -54,7 +54,7 @@ def test_x_is_left_half_and_y_right_half_png(tmp_path):
 
 
 def test_mnist_cdcb_x_is_the_right_half(tmp_path):
-  """SPEC §6: X = coloured digit on black, Y = digit on a coloured background; the release's
+  """docs/method.md §6: X = coloured digit on black, Y = digit on a coloured background; the release's
   files (cross-domain-disen DATA/MNISTCDCB) hold Y on the left and X on the right."""
   write_pix2pix(tmp_path, splits=("test",), count=3, size=8, ext="png")
   batch = pix2pix.load_pix2pix(str(tmp_path), "test", resolution=8, name="mnist_cdcb").batch(np.array([2]))
@@ -115,7 +115,7 @@ def test_valid_maps_to_val_folder_then_valid_folder(tmp_path):
 
 
 def test_maps_splits_follow_the_reference_in_either_layout(tmp_path):
-  """SPEC §6 Maps test = 1,098 pairs = the pix2pix release's val/. The release has no test/ or
+  """docs/method.md §6 Maps test = 1,098 pairs = the pix2pix release's val/. The release has no test/ or
   valid/: 'test' reads val/ and 'valid' training pairs 1..800 (what the reference copies into
   valid/). The reference's own layout (train/, valid/, test/) is read as it is."""
   def files(root, split):

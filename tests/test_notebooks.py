@@ -1,4 +1,5 @@
-"""The notebooks of notebooks/ run top to bottom in CI mode and are committed without outputs.
+"""The notebooks of notebooks/ are committed with the outputs of a full run of their own code,
+and run top to bottom in CI mode.
 
 Each notebook is executed with nbclient through the `python3` kernel, from
 notebooks/ as its working directory, with IIAE_NOTEBOOK_SMOKE=1 (tiny models, a few
@@ -48,13 +49,30 @@ def images(notebook):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_committed_without_outputs(name):
+def test_committed_outputs_come_from_a_full_run_of_the_committed_code(name):
+  """scripts/run_notebooks.py ran the notebook as committed: its code hash is the one recorded
+  beside the outputs, every code cell ran in order, the pictures are there and small."""
+  import base64
+  import io
+  from PIL import Image
+  from scripts import run_notebooks
   notebook = read(name)
   nbformat.validate(notebook)
-  for index, cell in enumerate(notebook.cells):
-    if cell.cell_type == "code":
-      assert cell.outputs == [] and cell.execution_count is None, (
-          f"{name}.ipynb cell {index} has outputs or an execution count; clear them before committing")
+  recorded = notebook.metadata.get("iiae_jax", {})
+  assert recorded.get("code_sha256") == run_notebooks.code_sha256(notebook), (
+      f"{name}.ipynb: its code changed since its outputs were made; run "
+      f"`python scripts/run_notebooks.py {name}` and commit the result")
+  assert "full run" in recorded.get("run", "")
+  counts = [cell.execution_count for cell in notebook.cells if cell.cell_type == "code"]
+  assert counts == list(range(1, len(counts) + 1)), f"{name}.ipynb: not one run top to bottom"
+  assert "SMOKE (CI) mode" not in printed(notebook)
+  assert "widgets" not in notebook.metadata
+  pictures = images(notebook)
+  assert pictures
+  for output in pictures:
+    with Image.open(io.BytesIO(base64.b64decode(output.data["image/png"]))) as image:
+      assert image.width <= run_notebooks.MAX_IMAGE_WIDTH
+  assert os.path.getsize(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")) < 3_000_000
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
