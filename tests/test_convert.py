@@ -527,7 +527,7 @@ def test_the_converted_workdir_evaluates_like_the_converted_variables(tmp_path, 
   direct = evaluation.EvaluationSuite.from_config(run)(model, variables, GLOBAL_STEP, str(tmp_path / "direct"))
   assert results["checkpoint"]["step"] == GLOBAL_STEP
   assert results["metrics"] == pytest.approx(direct, abs=0)
-  assert any(k.startswith("paired_retrieval/") for k in results["metrics"])
+  assert any("paired_retrieval/" in k for k in results["metrics"])
 
   optimizer = make_optimizer(run.optimizer)
   checkpoints = checkpointing.Checkpoints(str(workdir / "checkpoints"), max_to_keep=None)
