@@ -54,9 +54,15 @@ def create_train_state(seed: int, model, optimizer) -> TrainState:
   """A fresh state on the host, initialised from `seed`."""
   key = jax.random.key(int(seed))
   x, y = jnp.zeros((1,) + model.x_shape), jnp.zeros((1,) + model.y_shape)
-  variables = jax.jit(model.init)(jax.random.fold_in(key, 0), x, y)
+  return train_state_holding(seed, jax.jit(model.init)(jax.random.fold_in(key, 0), x, y), optimizer)
+
+
+def train_state_holding(seed: int, variables, optimizer, step: int = 0) -> TrainState:
+  """The state of `create_train_state(seed, ...)` with `variables` ({"params", "batch_stats"}) at
+  `step`: a fresh optimiser state, the RNG of `seed`, no fault."""
+  key = jax.random.key(int(seed))
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=jax.jit(optimizer.init)(params),
                     rng=jax.random.key_data(jax.random.fold_in(key, 1)),

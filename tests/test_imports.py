@@ -104,7 +104,7 @@ def test_imports_stand_at_the_top_except_optional_dependencies():
 
 
 def test_importing_the_package_imports_no_tensorflow():
-  code = ("import sys, iiae_jax, iiae_jax.trainer, iiae_jax.evaluate, iiae_jax.recipes\n"
+  code = ("import sys, iiae_jax, iiae_jax.trainer, iiae_jax.evaluate, iiae_jax.recipes, iiae_jax.convert\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                        env=dict(os.environ, PYTHONPATH=ROOT))

@@ -28,8 +28,8 @@ def test_custom_loop_snippet_runs_as_written(capsys):
 def test_readme_opens_with_the_main_job_and_the_test_command():
   main, test = _block_after("<!-- main-command -->"), _block_after("<!-- test-command -->")
   assert README.index("<!-- main-command -->") < README.index("<!-- test-command -->") < README.index("## ")
-  for command in (main, test):
-    assert command.strip().startswith("pip install -q -r requirements.txt && ")
+  assert main.strip().startswith("pip install -q -r requirements.txt && ")
+  assert test.strip().startswith("pip install -q -r requirements.txt -r requirements-convert.txt && ")
   assert "train.py --config=configs/digits_cdcb.py" in main and "eval.py --config=configs/digits_cdcb.py" in main
   assert "pytest" in test
   ci = open(os.path.join(ROOT, ".ci", "run")).read()
