@@ -104,6 +104,7 @@ def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption,
   resident = parallel.replicate(train_input.resident())
   replicated = parallel.replicate(state)
   del state
+  save_lock, saved, call_lengths = threading.Lock(), set(checkpoints.steps()), set()
 
   def save(step, evaluation_pending=False, host=None):
     with save_lock:  # the preemption watcher may save an evaluated state from its thread
@@ -132,7 +133,6 @@ def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption,
       if best is not None:
         best.consider(step, evaluations.selection_score(metrics), host, metrics)
 
-  save_lock, saved, call_lengths = threading.Lock(), set(checkpoints.steps()), set()
   step, stopped_early = start, False
   if start >= schedule.num_steps:
     logging.info("%s is already at step %d of %d: nothing to train", wd.path, start, schedule.num_steps)
@@ -159,9 +159,10 @@ def _train(run, wd: Workdir, evaluations, allow_config_change, argv, preemption,
         writer.write(step, scalars)
         progress.update(step, scalars)
       if stop:  # an evaluation due now is left to the rerun
+        pending = "evaluate" in due and evaluations is not None
         watchdog.waiting_for(step, f"the checkpoint of step {step}")
-        save(step, evaluation_pending="evaluate" in due and evaluations is not None)
-        stopped_early = True
+        save(step, evaluation_pending=pending)
+        stopped_early = step < schedule.num_steps or pending
         break
       if "evaluate" in due and evaluations is not None:
         evaluate(step)
