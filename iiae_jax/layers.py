@@ -1,9 +1,9 @@
 """The layers of the networks that are written for speed rather than taken from flax.
 
-- `ConvTranspose`: the decoders' 4x4, stride-2 transposed convolution in its
-  sub-pixel form: the same parameters and outputs as
+- `ConvTranspose`: the decoders' 4x4, stride-2 transposed convolution: the
+  same parameters and outputs as
   `flax.linen.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`,
-  computed as matrix products.
+  computed as a matrix product and `col2im` (gradients included).
 - `PreNorm`: a Dense / Conv / ConvTranspose whose output is batch-normalised
   next; its bias is held at exactly zero (see its docstring).
 - The initialisers of the reference: Glorot-uniform dense kernels,
@@ -11,6 +11,7 @@
 
 `iiae_jax.models` composes these into the IIAE networks (docs/method.md §3).
 """
+import functools
 import math
 from typing import Any
 
@@ -57,21 +58,69 @@ def dense(features: int, dtype=jnp.float32, use_bias: bool = True) -> nn.Dense:
 
 
 
-# Sub-pixel form of a 4x4, stride-2, "SAME" transposed convolution (flax/lax layout):
-# output row 2m is W[0] x[m-1] + W[2] x[m] and row 2m+1 is W[1] x[m] + W[3] x[m+1]
-# (likewise for columns), so each of the four output phases is a 2x2 stride-1
-# convolution of the input with kernel rows/columns a, a+2 (kernel[a::2]) over
-# input rows m+a-1, m+a (phase 0 reaches back one pixel, phase 1 forward one).
+# A 4x4, stride-2, 'SAME' convolution reads, for output pixel (m, n), input pixels
+# (2m + kh - 1, 2n + kw - 1), kh, kw = 0..3 (zero outside the image); flax's transposed
+# convolution sends input pixel n through tap k to output row 2n + 2 - k, the same map
+# with the taps flipped. So both are one matrix product and one fixed gather (im2col)
+# or its transpose, the scatter-add (col2im); each is the other's gradient.
+
+
+def _im2col_impl(x):
+  """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 16, C): the 4x4 stride-2 patches, taps (kh, kw)."""
+  height, width = x.shape[1:3]
+  out_h, out_w = -(-height // 2), -(-width // 2)
+  padded = jnp.pad(x, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width), (0, 0)))
+  views = [padded[:, kh:kh + 2 * out_h:2, kw:kw + 2 * out_w:2] for kh in range(4) for kw in range(4)]
+  return jnp.stack(views, axis=3)
+
+
+def _col2im_impl(patches, height, width):
+  """The transpose of `_im2col_impl`: adds each patch back onto a (B, height, width, C) image."""
+  batch, out_h, out_w, _, channels = patches.shape
+  taps = jnp.pad(patches.reshape(batch, out_h, out_w, 4, 4, channels),
+                 ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  # Padded row 2M + a (a = 0, 1) gathers tap 2i + a of patch row M - i, i = 0, 1 (likewise columns).
+  phase = lambda a, b: sum(taps[:, 1 - i:2 - i + out_h, 1 - j:2 - j + out_w, 2 * i + a, 2 * j + b]
+                           for i in range(2) for j in range(2))
+  rows = [jnp.stack([phase(a, b) for b in range(2)], axis=3) for a in range(2)]
+  image = jnp.stack(rows, axis=2).reshape(batch, 2 * out_h + 2, 2 * out_w + 2, channels)
+  return image[:, 1:1 + height, 1:1 + width]
+
+
+# Each is the other's gradient, by hand: autodiff of `_col2im_impl` builds its transpose from
+# 16 zero-padded copies of the image (the digits_cdcb step ran 7x slower on XLA:CPU).
+@jax.custom_vjp
+def im2col(x):
+  return _im2col_impl(x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def col2im(patches, height, width):
+  return _col2im_impl(patches, height, width)
+
+
+im2col.defvjp(lambda x: (_im2col_impl(x), x.shape[1:3]),
+              lambda size, g: (col2im(g, *size),))
+col2im.defvjp(lambda patches, height, width: (_col2im_impl(patches, height, width), None),
+              lambda height, width, _, g: (im2col(g),))
+
+
+def conv_transpose(x, kernel):
+  """`nn.ConvTranspose(F, (4, 4), strides=(2, 2), padding="SAME")` of x with kernel (4, 4, C, F)."""
+  batch, height, width, c_in = x.shape
+  c_out = kernel.shape[-1]
+  taps = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
+  return col2im((x @ taps).reshape(batch, height, width, 16, c_out), 2 * height, 2 * width)
 
 
 class ConvTranspose(nn.Module):
   """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`, computed fast.
 
   Same parameters (kernel (4, 4, in, out), optional bias) and the same outputs
-  (tested against flax), evaluated as four 2x2 stride-1 convolutions, one per
-  output phase (each a matrix product over 4 shifted views), interleaved. XLA's generic form convolves a zero-dilated input:
-  4x the multiply-adds, and on XLA:CPU its kernel gradient ran ~100x slower
-  (9 s for one 8x64x64x64 -> 128x128x128 layer).
+  (tested against flax), evaluated as one matrix product of every input pixel
+  with all 16 taps, then `col2im`; both gradients are products too. XLA's
+  generic form convolves a zero-dilated input: 4x the multiply-adds, and on
+  XLA:CPU its kernel gradient ran ~100x slower.
   """
   features: int
   use_bias: bool = True
@@ -79,28 +128,10 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    c_in, c_out = h.shape[-1], self.features
-    kernel = jnp.asarray(self.param("kernel", conv_init, (4, 4, c_in, c_out), jnp.float32), self.dtype)
-    # The 3x3 neighbourhood of every input pixel, as 9 shifted views (i, j = -1, 0, +1):
-    # each phase is then one matrix product of 4 of them with its 2x2 taps, so the forward
-    # pass and both gradients are plain dots (fast everywhere, XLA:CPU included).
-    height, width = h.shape[1:3]
-    padded = jnp.pad(h.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    view = lambda i, j: padded[:, 1 + i:1 + i + height, 1 + j:1 + j + width]
-    rows = []
-    for a in range(2):
-      phases = []
-      for b in range(2):
-        shifts = [(a - 1 + i, b - 1 + j) for i in range(2) for j in range(2)]
-        patches = jnp.concatenate([view(i, j) for i, j in shifts], axis=-1)   # (B, H, W, 4 in)
-        taps = kernel[a::2, b::2]                   # (2, 2, in, out)
-        phases.append(patches @ taps.reshape(4 * c_in, c_out))
-      rows.append(jnp.stack(phases, axis=3))                    # (B, H, W, b, C)
-    out = jnp.stack(rows, axis=2)                               # (B, H, a, W, b, C)
-    batch, height, _, width = out.shape[:4]
-    out = out.reshape(batch, 2 * height, 2 * width, c_out)
+    kernel = self.param("kernel", conv_init, (4, 4, h.shape[-1], self.features), jnp.float32)
+    out = conv_transpose(h.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      out = out + self.param("bias", nn.initializers.zeros_init(), (c_out,), jnp.float32).astype(out.dtype)
+      out = out + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(out.dtype)
     return out
 
 

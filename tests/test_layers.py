@@ -25,6 +25,7 @@ def test_biases_feeding_a_batch_norm_get_exactly_zero_gradient():
 
 
 @pytest.mark.parametrize("shape,features,use_bias", [((2, 5, 7, 3), 4, True), ((1, 4, 4, 8), 2, False),
+                                                     ((2, 4, 4, 24), 32, False), ((2, 8, 8, 16), 3, True),
                                                      ((3, 1, 2, 1), 5, True)])
 def test_conv_transpose_equals_flax_conv_transpose_with_its_gradients(shape, features, use_bias):
   import flax.linen as nn
@@ -44,3 +45,25 @@ def test_conv_transpose_equals_flax_conv_transpose_with_its_gradients(shape, fea
   g_ref = jax.grad(loss(reference), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def _patches_by_definition(x):
+  """Output pixel (m, n) of a 4x4 stride-2 'SAME' convolution reads pixels (2m + kh - 1, 2n + kw - 1)."""
+  height, width = x.shape[1:3]
+  out_h, out_w = -(-height // 2), -(-width // 2)
+  padded = jnp.pad(x, ((0, 0), (1, 3), (1, 3), (0, 0)))
+  return jnp.stack([jnp.stack([padded[:, 2 * m:2 * m + 4, 2 * n:2 * n + 4].reshape(x.shape[0], 16, x.shape[3])
+                               for n in range(out_w)], axis=1) for m in range(out_h)], axis=1)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (1, 5, 7, 2), (2, 1, 2, 4)])
+def test_im2col_gathers_the_conv_patches_and_col2im_is_its_transpose_both_ways(shape):
+  from iiae_jax.layers import col2im, im2col
+  x = jax.random.normal(jax.random.key(0), shape)
+  patches = im2col(x)
+  np.testing.assert_array_equal(patches, _patches_by_definition(x))
+  p = jax.random.normal(jax.random.key(1), patches.shape)
+  (transpose,) = jax.linear_transpose(_patches_by_definition, x)(p)
+  np.testing.assert_allclose(col2im(p, *shape[1:3]), transpose, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda v: jnp.vdot(im2col(v), p))(x), transpose, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda q: jnp.vdot(col2im(q, *shape[1:3]), x))(p), patches, atol=1e-6)
