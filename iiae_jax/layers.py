@@ -11,7 +11,6 @@
 
 `iiae_jax.models` composes these into the IIAE networks (docs/method.md §3).
 """
-import functools
 import math
 from typing import Any
 
@@ -56,8 +55,6 @@ def dense(features: int, dtype=jnp.float32, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, dtype=dtype)
 
 
-
-
 # A 4x4, stride-2, 'SAME' convolution reads, for output pixel (m, n), input pixels
 # (2m + kh - 1, 2n + kw - 1), kh, kw = 0..3 (zero outside the image); flax's transposed
 # convolution sends input pixel n through tap k to output row 2n + 2 - k, the same map
@@ -65,7 +62,7 @@ def dense(features: int, dtype=jnp.float32, use_bias: bool = True) -> nn.Dense:
 # or its transpose, the scatter-add (col2im); each is the other's gradient.
 
 
-def _im2col_impl(x):
+def im2col(x):
   """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 16, C): the 4x4 stride-2 patches, taps (kh, kw)."""
   height, width = x.shape[1:3]
   out_h, out_w = -(-height // 2), -(-width // 2)
@@ -74,8 +71,8 @@ def _im2col_impl(x):
   return jnp.stack(views, axis=3)
 
 
-def _col2im_impl(patches, height, width):
-  """The transpose of `_im2col_impl`: adds each patch back onto a (B, height, width, C) image."""
+def col2im(patches, height, width):
+  """The transpose of `im2col`: adds each patch back onto a (B, height, width, C) image."""
   batch, out_h, out_w, _, channels = patches.shape
   taps = jnp.pad(patches.reshape(batch, out_h, out_w, 4, 4, channels),
                  ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
@@ -87,30 +84,34 @@ def _col2im_impl(patches, height, width):
   return image[:, 1:1 + height, 1:1 + width]
 
 
-# Each is the other's gradient, by hand: autodiff of `_col2im_impl` builds its transpose from
-# 16 zero-padded copies of the image (the digits_cdcb step ran 7x slower on XLA:CPU).
+def _transposed_taps(kernel):
+  """(4, 4, C, F) -> (C, 16 F): the flipped taps that send one input pixel to its 16 outputs."""
+  c_in, c_out = kernel.shape[2:]
+  return kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
+
+
+# The gradients by hand: autodiff of `col2im` builds its transpose from 16 zero-padded
+# copies of the image (the digits_cdcb step ran 7x slower on XLA:CPU), and of the product
+# it transposes the 16-tap operand, not x, for the kernel gradient (2x slower layers).
 @jax.custom_vjp
-def im2col(x):
-  return _im2col_impl(x)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def col2im(patches, height, width):
-  return _col2im_impl(patches, height, width)
-
-
-im2col.defvjp(lambda x: (_im2col_impl(x), x.shape[1:3]),
-              lambda size, g: (col2im(g, *size),))
-col2im.defvjp(lambda patches, height, width: (_col2im_impl(patches, height, width), None),
-              lambda height, width, _, g: (im2col(g),))
-
-
 def conv_transpose(x, kernel):
   """`nn.ConvTranspose(F, (4, 4), strides=(2, 2), padding="SAME")` of x with kernel (4, 4, C, F)."""
+  batch, height, width, _ = x.shape
+  per_tap = (x @ _transposed_taps(kernel)).reshape(batch, height, width, 16, kernel.shape[-1])
+  return col2im(per_tap, 2 * height, 2 * width)
+
+
+def _conv_transpose_backward(residuals, g):
+  x, kernel = residuals
   batch, height, width, c_in = x.shape
-  c_out = kernel.shape[-1]
-  taps = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
-  return col2im((x @ taps).reshape(batch, height, width, 16, c_out), 2 * height, 2 * width)
+  g_per_tap = im2col(g).reshape(batch * height * width, 16 * kernel.shape[-1])
+  g_x = (g_per_tap @ _transposed_taps(kernel).T).reshape(x.shape)
+  g_taps = x.reshape(-1, c_in).T @ g_per_tap
+  g_kernel = g_taps.reshape(c_in, 4, 4, -1).transpose(1, 2, 0, 3)[::-1, ::-1]
+  return g_x, g_kernel
+
+
+conv_transpose.defvjp(lambda x, kernel: (conv_transpose(x, kernel), (x, kernel)), _conv_transpose_backward)
 
 
 class ConvTranspose(nn.Module):
@@ -118,7 +119,8 @@ class ConvTranspose(nn.Module):
 
   Same parameters (kernel (4, 4, in, out), optional bias) and the same outputs
   (tested against flax), evaluated as one matrix product of every input pixel
-  with all 16 taps, then `col2im`; both gradients are products too. XLA's
+  with all 16 taps, then `col2im`; both gradients are products with
+  `im2col` of the output gradient. XLA's
   generic form convolves a zero-dilated input: 4x the multiply-adds, and on
   XLA:CPU its kernel gradient ran ~100x slower.
   """
