@@ -64,24 +64,43 @@ def dense(features: int, dtype=jnp.float32, use_bias: bool = True) -> nn.Dense:
 
 def im2col(x):
   """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 16, C): the 4x4 stride-2 patches, taps (kh, kw)."""
-  height, width = x.shape[1:3]
+  batch, height, width, channels = x.shape
   out_h, out_w = -(-height // 2), -(-width // 2)
   padded = jnp.pad(x, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width), (0, 0)))
-  views = [padded[:, kh:kh + 2 * out_h:2, kw:kw + 2 * out_w:2] for kh in range(4) for kw in range(4)]
-  return jnp.stack(views, axis=3)
+  # Row pairs: tap kh = 2i + p of patch m is row p of pair m + i (likewise columns); slicing
+  # whole pairs is ~2x faster on XLA:CPU than 16 stride-2 slices.
+  pairs = padded.reshape(batch, out_h + 1, 2, out_w + 1, 2, channels)
+  views = jnp.stack([jnp.stack([pairs[:, i:i + out_h, :, j:j + out_w] for j in range(2)], axis=4)
+                     for i in range(2)], axis=2)                     # (B, m, i, p, n, j, q, C)
+  return views.transpose(0, 1, 4, 2, 3, 5, 6, 7).reshape(batch, out_h, out_w, 16, channels)
+
+
+# Tap k of the patch at m reads row 2m + k - 1: row PARITY[k] of row pair m + PAIR_OFFSET[k].
+_PARITY, _PAIR_OFFSET = (1, 0, 1, 0), (-1, 0, 0, 1)
+
+
+def _shifted(t, offset, axis):
+  """t'[m] = t[m + offset] along `axis`, zero where m + offset falls outside."""
+  if offset == 0:
+    return t
+  size, start = t.shape[axis], max(offset, 0)
+  padding = [(0, 0)] * t.ndim
+  padding[axis] = (max(-offset, 0), start)
+  return jax.lax.slice_in_dim(jnp.pad(t, padding), start, start + size, axis=axis)
 
 
 def col2im(patches, height, width):
   """The transpose of `im2col`: adds each patch back onto a (B, height, width, C) image."""
   batch, out_h, out_w, _, channels = patches.shape
-  taps = jnp.pad(patches.reshape(batch, out_h, out_w, 4, 4, channels),
-                 ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
-  # Padded row 2M + a (a = 0, 1) gathers tap 2i + a of patch row M - i, i = 0, 1 (likewise columns).
-  phase = lambda a, b: sum(taps[:, 1 - i:2 - i + out_h, 1 - j:2 - j + out_w, 2 * i + a, 2 * j + b]
-                           for i in range(2) for j in range(2))
+  taps = patches.reshape(batch, out_h, out_w, 4, 4, channels)
+  # Row a of pair r sums the taps kh of parity a from patch r - PAIR_OFFSET[kh] (likewise columns);
+  # shifting each tap on its own lets XLA fuse it all into one pass (a padded copy of all the taps
+  # made it 3-15x slower).
+  phase = lambda a, b: sum(_shifted(_shifted(taps[:, :, :, kh, kw], -_PAIR_OFFSET[kh], 1), -_PAIR_OFFSET[kw], 2)
+                           for kh in range(4) if _PARITY[kh] == a for kw in range(4) if _PARITY[kw] == b)
   rows = [jnp.stack([phase(a, b) for b in range(2)], axis=3) for a in range(2)]
-  image = jnp.stack(rows, axis=2).reshape(batch, 2 * out_h + 2, 2 * out_w + 2, channels)
-  return image[:, 1:1 + height, 1:1 + width]
+  image = jnp.stack(rows, axis=2).reshape(batch, 2 * out_h, 2 * out_w, channels)
+  return image[:, :height, :width]
 
 
 def _transposed_taps(kernel):
