@@ -14,9 +14,11 @@ of --repeats runs of --n calls):
 Then (XLA:CPU only; --trace_calls=0 skips it) an XLA profile of the trainer's
 call with --steps_per_call steps per call, analysed by benchmarks/step_trace.py:
 op time per part of the step and per kind of op, each thread's busy time, and
-the longest dependency chain through one step.
+the longest dependency chain through one step, and the op time of the
+largest layers (forward and backward).
 """
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -51,8 +53,10 @@ def main():
   parser.add_argument("--model", default="sketchy")
   parser.add_argument("--n", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--steps_per_call", type=int, default=10, help="of the traced call")
+  parser.add_argument("--steps_per_call", type=int, default=0,
+                      help="of the traced call (0: the recipe's training.steps_per_call)")
   parser.add_argument("--trace_calls", type=int, default=3, help="calls to trace (0: no trace)")
+  parser.add_argument("--layers", type=int, default=12, help="layers to list in the profile")
   args = parser.parse_args()
   config = make_config(args.model, 1, "float32")
   model = models.build_model(config.model)
@@ -109,7 +113,7 @@ def main():
 
 def print_trace(call, state, train_input, resident, args):
   """The XLA:CPU profile of the train call, per step (benchmarks/step_trace.py)."""
-  k = args.steps_per_call
+  k = args.steps_per_call or make_config(args.model, 1, "float32").training.steps_per_call
   compiled = call.compile(state, train_input.host_inputs(0, k), resident)
   carry = {"state": state, "step": 0}
 
@@ -128,6 +132,12 @@ def print_trace(call, state, train_input, resident, args):
       f"{ms:.2f} ms {name} ({scope.split('/', 4)[-1]})" for name, ms, scope in longest))
   for title, table in (("by part", a["by_part"]), ("by kind", a["by_kind"])):
     print(f"op time {title}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in table.items()) + " ms")
+  layers = collections.defaultdict(dict)
+  for (layer, part), ms in a["by_layer"].items():
+    layers[layer][part] = ms
+  print(f"op time by layer, the {args.layers} largest (forward + backward, ms):")
+  for layer, parts in sorted(layers.items(), key=lambda kv: -sum(kv[1].values()))[:args.layers]:
+    print(f"  {layer:60s} {parts.get('forward', 0.0):6.2f} + {parts.get('backward', 0.0):6.2f}")
 
 
 def time_chain(fn, carry, args):

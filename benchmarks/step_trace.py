@@ -16,12 +16,16 @@ its HLO instruction) and returns per-step figures:
                   update, ...), from the ops' name scopes
   by_kind         op time per kind: products (dots, convolutions), reductions,
                   other (elementwise, copies, loops)
+  by_layer        forward and backward op time per layer of the model (its
+                  module path in the name scope, e.g. IIAE/decoder_x/PreNorm_1/
+                  ConvTranspose_0), largest first
 
 `trace_events(run, calls)` records the events of a program's calls under
 `jax.profiler.trace`. benchmarks/profile_step.py
 prints the analysis of the trainer's call.
 """
 import collections
+import functools
 import glob
 import re
 import tempfile
@@ -100,6 +104,24 @@ def part_of(op_name: str) -> str:
   return OTHER
 
 
+def layer_of(op_name: str) -> str:
+  """The model's module path in a name scope ('' outside the model's forward and backward pass).
+
+  'jit(f)/transpose(jvp(IIAE))/decoder_x/PreNorm_1/ConvTranspose_0/jit(_pad)/pad' ->
+  'IIAE/decoder_x/PreNorm_1/ConvTranspose_0': the op's own name and any function
+  scopes (jit(...), vmap(...)) inside the layer are dropped.
+  """
+  match = re.search(r"jvp\(([\w.-]+)\)\)?/(.*)$", op_name)
+  if not match:
+    return ""
+  path = [match.group(1)]
+  for segment in match.group(2).split("/")[:-1]:
+    if "(" in segment:
+      break
+    path.append(segment)
+  return "/".join(path)
+
+
 def kind_of(instruction: Instruction, instructions, computations) -> str:
   opcodes = {instruction.opcode}
   if instruction.opcode == "fusion":
@@ -151,25 +173,59 @@ def analyse(hlo_text: str, events: Iterable[Event]) -> Dict:
     for operand in ins.operands:
       users[operand].append(ins.name)
 
-  def scope(name):
-    """The op's name scope; ops that XLA made without one (e.g. the halves of a
-    split reduction) take their nearest user's."""
-    frontier, seen = [name], set()
+  is_product = lambda n: kind_of(instructions[n], instructions, computations) == "products"
+
+  def backward_input_scope(name):
+    """'<model's backward scope>/unscoped_products/<op>' when an unscoped product reads a value of
+    the backward pass (through unscoped inputs); '' otherwise. Which layer it belongs to is lost."""
+    frontier, seen = list(instructions[name].operands), set()
     while frontier:
       n = frontier.pop(0)
-      if instructions[n].op_name:
-        return instructions[n].op_name
+      if n in seen or n not in instructions:
+        continue
       seen.add(n)
-      frontier += [u for u in users[n] if u not in seen]
+      if instructions[n].op_name:
+        match = re.match(r".*?transpose\(jvp\([\w.-]+\)\)", instructions[n].op_name)
+        if match:
+          return f"{match.group(0)}/unscoped_products/{instructions[name].opcode}"
+      else:
+        frontier += instructions[n].operands
     return ""
 
-  by_part, by_kind = collections.Counter(), collections.Counter()
+  @functools.lru_cache(maxsize=None)
+  def scope(name):
+    """The op's name scope. Ops that XLA made without one take their nearest user's (e.g.
+    the halves of a split reduction), except products that read a backward-pass value (XLA's
+    rewrites of the kernel gradients of convolutions, whose user is the optimiser update): they
+    are backward ops of no known layer."""
+    if instructions[name].op_name:
+      return instructions[name].op_name
+    if is_product(name) and backward_input_scope(name):
+      return backward_input_scope(name)
+    frontier, seen = list(users[name]), set()
+    while frontier:
+      n = frontier.pop(0)
+      if n in seen:
+        continue
+      seen.add(n)
+      if instructions[n].op_name or is_product(n):
+        found = scope(n)
+        if found:
+          return found
+      frontier += users[n]
+    return ""
+
+  by_part, by_kind, by_layer = collections.Counter(), collections.Counter(), collections.Counter()
   for name, ns in own_ns.items():
     ins = instructions[name]
     if ins.opcode in CONTAINERS:
       continue
-    by_part[part_of(scope(name))] += ns
+    op_scope = scope(name)
+    part = part_of(op_scope)
+    by_part[part] += ns
     by_kind[kind_of(ins, instructions, computations)] += ns
+    if part in ("forward", "backward") and layer_of(op_scope):
+      by_layer[(layer_of(op_scope), part)] += ns
 
   finish, pred = {}, {}
   for name in computations[step]:  # HLO text lists operands before their users
@@ -194,6 +250,7 @@ def analyse(hlo_text: str, events: Iterable[Event]) -> Dict:
       critical_path=[(n, own_ns[n] / steps / 1e6, scope(n)) for n in reversed(chain) if own_ns[n]],
       by_part={k: per_step(v) for k, v in by_part.most_common()},
       by_kind={k: per_step(v) for k, v in by_kind.most_common()},
+      by_layer={k: per_step(v) for k, v in by_layer.most_common()},
   )
 
 

@@ -95,6 +95,17 @@ def test_analyse_attributes_time_per_step():
   # The unscoped reduction takes its user's scope (the optimiser update).
   assert a["by_part"] == pytest.approx({"forward": 7.0, "backward": 2.0, "optimiser update": 1.5})
   assert a["by_kind"] == pytest.approx({"products": 3.0, "reductions": 0.5, "other": 7.0})
+  # Per layer: the model M's own ops, forward and backward; the update is no layer.
+  assert a["by_layer"] == pytest.approx({("M", "forward"): 7.0, ("M", "backward"): 2.0})
+
+
+def test_layer_of_keeps_the_module_path_and_drops_function_scopes():
+  assert (step_trace.layer_of("jit(f)/transpose(jvp(IIAE))/decoder_x/PreNorm_1/ConvTranspose_0/jit(_pad)/pad")
+          == "IIAE/decoder_x/PreNorm_1/ConvTranspose_0")
+  assert step_trace.layer_of("jit(f)/jvp(IIAE)/shared_encoder_y/ConvStack_0/Conv_0/conv_general_dilated") == \
+      "IIAE/shared_encoder_y/ConvStack_0/Conv_0"
+  assert step_trace.layer_of("jit(f)/jvp(M)/exp") == "M"
+  assert step_trace.layer_of("jit(f)/optimizer_update/add") == ""
 
 
 def test_analyse_refuses_a_trace_of_another_program():
@@ -120,3 +131,35 @@ def test_a_real_trace_of_a_scanned_program():
   assert a["by_kind"]["products"] > 0
   assert a["by_part"]["optimiser update"] > 0
   assert 0 < a["critical_ms"] <= a["op_ms"] + 1e-9
+
+
+# A kernel gradient as XLA:CPU rewrites it: a product without a name scope, reading a
+# transposed activation (also unscoped) and a backward-pass value, used by the update.
+KERNEL_GRADIENT_HLO = """
+HloModule toy2
+
+%fused_product (p0: f32[4,4], p1: f32[4,4]) -> f32[4,4] {
+  %p0 = f32[4,4]{1,0} parameter(0)
+  %p1 = f32[4,4]{1,0} parameter(1)
+  ROOT %dot.2 = f32[4,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (x: f32[4,4], w: f32[4,4]) -> f32[4,4] {
+  %x = f32[4,4]{1,0} parameter(0)
+  %w = f32[4,4]{1,0} parameter(1)
+  %h = f32[4,4]{1,0} exponential(%x), metadata={op_name="jit(f)/jvp(M)/layer/exp"}
+  %g = f32[4,4]{1,0} negate(%h), metadata={op_name="jit(f)/transpose(jvp(M))/layer/neg"}
+  %t = f32[4,4]{1,0} transpose(%h), dimensions={1,0}
+  %kernel_grad = f32[4,4]{1,0} fusion(%t, %g), kind=kCustom, calls=%fused_product
+  ROOT %upd = f32[4,4]{1,0} add(%w, %kernel_grad), metadata={op_name="jit(f)/optimizer_update/add"}
+}
+"""
+
+
+def test_unscoped_gradient_products_and_their_inputs_count_as_backward_not_as_the_update():
+  events = [Event("A", name, i * 10 * MS, ms * MS)
+            for i, (name, ms) in enumerate([("h", 1), ("g", 1), ("t", 2), ("kernel_grad", 3), ("upd", 1)])]
+  a = step_trace.analyse(KERNEL_GRADIENT_HLO, events)
+  assert a["by_part"] == pytest.approx({"forward": 1.0, "backward": 6.0, "optimiser update": 1.0})
+  assert a["by_layer"] == pytest.approx({("M/unscoped_products", "backward"): 5.0, ("M/layer", "backward"): 1.0,
+                                         ("M/layer", "forward"): 1.0})
