@@ -11,6 +11,8 @@ import textwrap
 import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A subprocess still running after this long is hung: a loaded host makes one slower, never this slow.
+HANG_S = 600
 
 
 def tiny_model_config(architecture="features", shared_posterior="joint", num_classes=0):
@@ -38,7 +40,7 @@ def stop(*processes: subprocess.Popen) -> None:
     process.wait()
 
 
-def run(args, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+def run(args, timeout: float = HANG_S, **kwargs) -> subprocess.CompletedProcess:
   """subprocess.run(args, capture_output=True, text=True, ...) that leaves no process behind; a
   run past `timeout` seconds (a hang) is killed and fails with its output."""
   process = start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
@@ -53,7 +55,7 @@ def run(args, timeout: float, **kwargs) -> subprocess.CompletedProcess:
   return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
-def run_on_devices(code: str, devices: int = 8, timeout: int = 600, env=None) -> dict:
+def run_on_devices(code: str, devices: int = 8, timeout: float = HANG_S, env=None) -> dict:
   """Runs `code` in a fresh Python with `devices` host CPU devices; returns the JSON it prints last.
 
   XLA's device count is fixed when jax starts, so multi-device tests need

@@ -8,9 +8,11 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.helpers import ROOT, run, start, stop
 
+pytestmark = pytest.mark.slow   # each test runs two or three processes
 WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
 
 
