@@ -32,6 +32,23 @@ def initialize(distributed) -> None:
                              shutdown_timeout_seconds=distributed.shutdown_timeout_seconds, **kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  connect_collectives()
+
+
+def connect_collectives() -> None:
+  """Connects the CPU collectives of the device groups that training uses while the processes are
+  in step, just after jax.distributed starts (a collective).
+
+  Gloo gives a peer 30 s (fixed) to join a device group's first collective; a collective of a
+  group already connected waits --xla_cpu_collective_timeout_seconds (30 min). Connected here, a
+  first step, check or checkpoint that one process reaches long after another (compiling or
+  loading data on a busy host) waits for it instead of failing in "Gloo context initialization".
+  """
+  if jax.process_count() == 1 or jax.default_backend() != "cpu":
+    return
+  any_process(False)  # multihost_utils' programs: each local device with its peers on the other hosts
+  every_device = jax.pmap(lambda x: jax.lax.psum(x, AXIS), axis_name=AXIS)  # the train call's group
+  every_device(np.zeros(jax.local_device_count(), np.int32)).block_until_ready()
 
 
 def is_main_process() -> bool:

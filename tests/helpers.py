@@ -1,6 +1,9 @@
-"""Shared test utilities: small configs and running code on several host CPU devices."""
+"""Shared test utilities: small configs, subprocesses that leave nothing behind, and running code
+on several host CPU devices."""
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -8,6 +11,8 @@ import textwrap
 import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A subprocess still running after this long is hung: a loaded host makes one slower, never this slow.
+HANG_S = 600
 
 
 def tiny_model_config(architecture="features", shared_posterior="joint", num_classes=0):
@@ -22,7 +27,35 @@ def tiny_model_config(architecture="features", shared_posterior="joint", num_cla
       shared_posterior=shared_posterior, prior_expert=True, num_classes=num_classes))
 
 
-def run_on_devices(code: str, devices: int = 8, timeout: int = 600, env=None) -> dict:
+def start(args, **kwargs) -> subprocess.Popen:
+  """subprocess.Popen in a session of its own, so that `stop` ends it with every process it started."""
+  return subprocess.Popen(args, start_new_session=True, **kwargs)
+
+
+def stop(*processes: subprocess.Popen) -> None:
+  """Kills each process of `start` with its descendants (its process group); reaps it."""
+  for process in processes:
+    with contextlib.suppress(ProcessLookupError):   # the whole group has exited
+      os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run(args, timeout: float = HANG_S, **kwargs) -> subprocess.CompletedProcess:
+  """subprocess.run(args, capture_output=True, text=True, ...) that leaves no process behind; a
+  run past `timeout` seconds (a hang) is killed and fails with its output."""
+  process = start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    stop(process)
+    stdout, stderr = process.communicate()
+    raise AssertionError(f"still running after {timeout} s: {args}\n{stdout[-3000:]}\n{stderr[-6000:]}") from None
+  finally:
+    stop(process)
+  return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+def run_on_devices(code: str, devices: int = 8, timeout: float = HANG_S, env=None) -> dict:
   """Runs `code` in a fresh Python with `devices` host CPU devices; returns the JSON it prints last.
 
   XLA's device count is fixed when jax starts, so multi-device tests need
@@ -31,8 +64,7 @@ def run_on_devices(code: str, devices: int = 8, timeout: int = 600, env=None) ->
   full_env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   full_env.update(env or {})
-  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, timeout=timeout, env=full_env, cwd=ROOT)
+  proc = run([sys.executable, "-c", textwrap.dedent(code)], timeout, env=full_env, cwd=ROOT)
   if proc.returncode != 0:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])

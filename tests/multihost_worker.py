@@ -20,6 +20,10 @@ trains 2 steps, then trains on with process 1 not seeing the checkpoints.
 
 usage: multihost_worker.py --hang-on-one PROCESS_ID NUM_PROCESSES PORT WORKDIR STEP_TIMEOUT_S
 trains 8 steps, with process 1's read of step 5's data hanging (a wedged filesystem).
+
+usage: multihost_worker.py --late-on-one PROCESS_ID NUM_PROCESSES PORT DIRECTORY SECONDS PMAP
+starts jax.distributed, then process 1 reaches the first collective SECONDS late: a check
+(parallel.any_process) or, with PMAP = 1, a pmapped mean over every device.
 """
 import sys
 import time
@@ -137,8 +141,26 @@ def hang_on_one(pid, nproc, port, workdir, step_timeout):
   main(pid, nproc, port, workdir, f"{workdir}.npz", 8, 10, 0, step_timeout)
 
 
+def late_on_one(pid, nproc, port, directory, seconds, pmap):
+  import numpy as np
+  from iiae_jax import parallel
+  jax.config.update("jax_num_cpu_devices", 2)
+  _initialize(pid, nproc, port)
+  if pid == 1:
+    time.sleep(seconds)
+  what = "pmapped mean" if pmap else "check"
+  start = time.monotonic()
+  if pmap:
+    mean = jax.pmap(lambda x: jax.lax.pmean(x, parallel.AXIS), axis_name=parallel.AXIS)
+    result = float(np.asarray(mean(np.full(jax.local_device_count(), float(pid))))[0])
+  else:
+    result = parallel.any_process(pid == 1)
+  print(f"process {pid}: waited {time.monotonic() - start:.0f} s in its first {what}: {result}", flush=True)
+
+
 MODES = {"--two-managers": two_managers, "--damaged-on-one": damaged_on_one,
-         "--unseen-on-one": unseen_on_one, "--hang-on-one": hang_on_one}
+         "--unseen-on-one": unseen_on_one, "--hang-on-one": hang_on_one,
+         "--late-on-one": late_on_one}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Pins config validation: impossible values fail at start-up, each by its field name."""
 import importlib
 import os
-import subprocess
 import sys
 import time
 
@@ -11,7 +10,7 @@ import pytest
 from iiae_jax import evaluate, schedule, trainer
 from iiae_jax.errors import ConfigError
 from iiae_jax.run_config import validate_config
-from tests.helpers import ROOT, tiny_train_config
+from tests.helpers import ROOT, run, tiny_train_config
 
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
                       if f.endswith(".py") and f != "__init__.py")
@@ -200,13 +199,13 @@ def test_evaluate_checkpoint_validates_before_reading_the_workdir(tmp_path):
   assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_train_py_refuses_an_impossible_value_naming_the_field(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_cdcb.py"),
          f"--workdir={workdir}", "--config.loss.beta=-1", "--config.model.resolution=48",
          "--config.evals.translation_grid.num_examples=0"]
-  proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
   assert proc.returncode != 0
   # One error lists them all, the evals entry's too (train.py builds the evaluators after validating).
   assert "loss.beta must be >= 0, got -1.0" in proc.stderr
@@ -359,6 +358,7 @@ def test_both_lengths_set_warns_which_one_decides(caplog):
   assert not caplog.text
 
 
+@pytest.mark.slow
 def test_a_field_under_its_former_name_is_refused_naming_the_new_one(tmp_path):
   """The reference's flag names (neef, nsef, exdim, shdim, ndf) were renamed: a config or a
   command line that still uses one is refused with the field to set instead."""
@@ -373,8 +373,7 @@ def test_a_field_under_its_former_name_is_refused_naming_the_new_one(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/digits_cdcb.py"),
          f"--workdir={workdir}", "--config.model.ndf=8"]
-  proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert ("train.py: error: --config.model.ndf: model.ndf was renamed model.decoder_width: use "
           "--config.model.decoder_width") in proc.stderr

@@ -10,17 +10,16 @@ The image networks take the reference's literal channel lists (encoder.py's laye
 and the same pattern with fewer stages for the tiny models here.
 """
 import glob
+import importlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 from flax import linen as nn
 
 from iiae_jax import checkpointing, convert, evaluate, evaluation, layers, models, recipes, run_config
@@ -28,9 +27,24 @@ from iiae_jax.config import RENAMED, ModelConfig
 from iiae_jax.errors import CheckpointError, ConfigMismatchError, UsageError
 from iiae_jax.inference import exclusive_embedding, shared_embedding
 from iiae_jax.train_state import abstract_train_state, create_train_state, make_optimizer
-from tests.helpers import ROOT, flat_leaves, tiny_model_config
+from tests.helpers import ROOT, flat_leaves, run, tiny_model_config
 
-v1 = tf.compat.v1
+pytestmark = pytest.mark.tensorflow
+
+
+class _Imported:
+  """A module imported at its first use: collecting this file (each xdist worker collects every
+  file) loads no TensorFlow into a process whose other tests pin that the package never does."""
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attribute):
+    return getattr(importlib.import_module(self._name), attribute)
+
+
+tf = _Imported("tensorflow")
+v1 = _Imported("tensorflow.compat.v1")
 TOLERANCE = 1e-5          # max |ours - reference| / max |reference|
 GLOBAL_STEP = 4321
 REFERENCE_MULTIPLIERS = (1, 2, 4, 8, 8)   # encoder.py's layer_specs at 256x256: nsef * (1, 2, 4, 8, 8)
@@ -553,10 +567,9 @@ def test_the_command_line_writes_the_workdir_and_says_how_to_evaluate_it(tmp_pat
   prefix = reference_checkpoints["features"][0]
   overrides = [f"--config.model.{k}={v}" for k, v in TINY["features"][0].items()]
   workdir = tmp_path / "authors"
-  done = subprocess.run(
-      [sys.executable, "-m", "iiae_jax.convert", "--config=configs/digits_zs.py", *overrides,
-       f"--reference_checkpoint={prefix}", f"--workdir={workdir}"],
-      capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  done = run([sys.executable, "-m", "iiae_jax.convert", "--config=configs/digits_zs.py", *overrides,
+              f"--reference_checkpoint={prefix}", f"--workdir={workdir}"],
+             cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip() == (f"wrote {workdir}/checkpoints/{GLOBAL_STEP}; evaluate it with: python eval.py "
                                  f"--config=configs/digits_zs.py --workdir={workdir}")

@@ -7,7 +7,6 @@ the PNG grids and index.html, not the numbers.
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,7 +14,7 @@ import pytest
 
 from iiae_jax import checkpointing, evaluation, trainer
 from iiae_jax.evaluation import grids
-from tests.helpers import ROOT, figure_grid
+from tests.helpers import ROOT, figure_grid, run
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +77,8 @@ def _train(tmp_path, source):
 
 def _eval(config_path, workdir, *flags, returncode=0):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--config={config_path}",
-                         f"--workdir={workdir}", *flags], capture_output=True, text=True, env=env,
-                        cwd=ROOT, timeout=300)
+  proc = run([sys.executable, os.path.join(ROOT, "eval.py"), f"--config={config_path}",
+              f"--workdir={workdir}", *flags], env=env, cwd=ROOT)
   assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-5000:]
   return proc.stdout if returncode == 0 else proc.stderr
 

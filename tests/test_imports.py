@@ -2,10 +2,9 @@
 TensorFlow behind `import iiae_jax`."""
 import ast
 import os
-import subprocess
 import sys
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run
 
 PACKAGE = os.path.join(ROOT, "iiae_jax")
 # Imported inside functions on purpose: optional dependencies (pyproject's extras) and the
@@ -106,7 +105,6 @@ def test_imports_stand_at_the_top_except_optional_dependencies():
 def test_importing_the_package_imports_no_tensorflow():
   code = ("import sys, iiae_jax, iiae_jax.trainer, iiae_jax.evaluate, iiae_jax.recipes, iiae_jax.convert\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+  out = run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -156,6 +156,7 @@ def test_loss_vmaps_over_independent_models():
   assert len(set(np.asarray(batched).round(4))) == 3   # the models really differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["features", "spatial", "flat"])
 @pytest.mark.parametrize("shared_posterior", ["joint", "poe"])
 def test_adam_steps_cut_the_loss_markedly(architecture, shared_posterior):
@@ -181,6 +182,7 @@ def test_adam_steps_cut_the_loss_markedly(architecture, shared_posterior):
   assert end < 0.7 * start, (start, end)
 
 
+@pytest.mark.slow
 def test_pmapped_loss_with_batchnorm_sync_equals_the_single_device_loss():
   result = run_on_devices("""
     import json, jax, jax.numpy as jnp, numpy as np

@@ -2,13 +2,16 @@
 README's custom-loop snippet, with the paper's recipes from `iiae_jax.recipes`."""
 import os
 import shutil
-import subprocess
 import sys
 
+import pytest
+
+from tests import helpers
 from tests.helpers import ROOT
 from tests.test_readme import _block_after
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_the_readme_custom_loop_outside_the_checkout(tmp_path):
   source = tmp_path / "source"   # built from a copy: the build leaves nothing in the checkout
   source.mkdir()
@@ -16,7 +19,7 @@ def test_the_installed_wheel_runs_the_readme_custom_loop_outside_the_checkout(tm
     shutil.copy(os.path.join(ROOT, name), source / name)
   shutil.copytree(os.path.join(ROOT, "iiae_jax"), source / "iiae_jax",
                   ignore=shutil.ignore_patterns("__pycache__"))
-  run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+  run = lambda *cmd, **kw: helpers.run(cmd, **kw)
   built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
               "-w", str(tmp_path / "dist"), str(source))
   assert built.returncode == 0, built.stderr[-3000:]

@@ -16,6 +16,7 @@ def _block_after(marker: str) -> str:
   return match.group(1)
 
 
+@pytest.mark.slow
 def test_custom_loop_snippet_runs_as_written(capsys):
   code = _block_after("<!-- snippet: custom-loop -->")
   namespace = {}

@@ -203,6 +203,7 @@ _ZERO_SHOT_BATCHES = """
 """
 
 
+@pytest.mark.slow
 def test_zero_shot_batches_over_seven_devices_equal_one_device_and_hold_every_class_once():
   """Each of 7 devices takes its slice of the class-balanced global batch: together the one
   device's batch, with the sketch and the photo of class c at position c."""

@@ -1,7 +1,6 @@
 """Pins the training loop: device invariance, exact resumption, faults, logs and the CLI."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 
 from iiae_jax import checkpointing, train_state, trainer
 from iiae_jax.errors import NumericalFault
-from tests.helpers import ROOT, FunctionSuite, flat_leaves, run_on_devices, tiny_train_config
+from tests.helpers import HANG_S, ROOT, FunctionSuite, flat_leaves, run, run_on_devices, start, stop, tiny_train_config
 
 
 def _train(config, workdir, evaluate=None, **kw):
@@ -22,6 +21,7 @@ def _train(config, workdir, evaluate=None, **kw):
   return trainer.train_and_evaluate(config, str(workdir), evaluations=evaluate, **kw)
 
 
+@pytest.mark.slow
 def test_pmap_over_8_devices_equals_one_device(tmp_path):
   """5 steps, batch 16, flips and dropout on: 8 host devices == 1 device (per-example randomness)."""
   config = tiny_train_config("digits_cdcb", num_steps=5)
@@ -70,26 +70,29 @@ def _env():
   return dict(os.environ, PYTHONPATH=ROOT)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(_train_cmd(killed, 400), env=_env(), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 300
+  killed, log = tmp_path / "killed", tmp_path / "killed.log"
   ckpt_dir = killed / "checkpoints"
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
-    if steps and max(steps) >= 8:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  with open(log, "w") as stderr:
+    proc = start(_train_cmd(killed, 400), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline and proc.poll() is None:
+      steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
+      if steps and max(steps) >= 8:
+        break
+      time.sleep(0.05)
+    assert proc.poll() is None, log.read_text()[-3000:]
+  finally:
+    stop(proc)                                      # SIGKILL
   saved = checkpointing.Checkpoints(str(ckpt_dir)).latest_step()
   assert saved is not None and 8 <= saved < 400
-  config = _cli_config(num_steps=400)
+  num_steps = saved + 12                           # three checkpoints past the kill, not the 400 it had left
+  config = _cli_config(num_steps=num_steps)
   resumed = _train(config, killed)
   uninterrupted = _train(config, tmp_path / "straight")
-  assert int(resumed.step) == int(uninterrupted.step) == 400
+  assert int(resumed.step) == int(uninterrupted.step) == num_steps
   a, b = flat_leaves(resumed), flat_leaves(uninterrupted)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -99,7 +102,7 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
             for name in ("killed", "straight")}
   train = {name: [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
            for name, records in logged.items()}
-  assert [s for s, _ in train["killed"]] == list(range(2, 401, 2))
+  assert [s for s, _ in train["killed"]] == list(range(2, num_steps + 1, 2))
   assert train["killed"] == train["straight"]
   for aside in killed.glob("metrics.interrupted_after_step_*.jsonl"):
     assert aside.name == f"metrics.interrupted_after_step_{saved}.jsonl"
@@ -137,10 +140,10 @@ def _cli_config(num_steps):
   return config
 
 
+@pytest.mark.slow
 def test_train_py_runs_end_to_end_and_writes_checkpoint_events_and_json_log(tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.run(_train_cmd(workdir, 6, ["--config.optimizer.learning_rate=1e-3"]),
-                        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = run(_train_cmd(workdir, 6, ["--config.optimizer.learning_rate=1e-3"]), env=_env(), cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert checkpointing.Checkpoints(str(workdir / "checkpoints")).latest_step() == 6
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -175,8 +178,7 @@ def _read_event_scalars(folder):
 
 
 def test_unknown_config_field_is_an_error(tmp_path):
-  proc = subprocess.run(_train_cmd(tmp_path, 2, ["--config.training.no_such_field=3"]), env=_env(),
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run(_train_cmd(tmp_path, 2, ["--config.training.no_such_field=3"]), env=_env(), cwd=ROOT)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "train.py: error: --config.training.no_such_field: the config has no field 'no_such_field'")
@@ -239,6 +241,7 @@ def test_a_missing_evaluation_split_fails_before_the_first_step(tmp_path, monkey
   assert not calls
 
 
+@pytest.mark.slow
 def test_a_failing_evaluation_keeps_the_state_it_evaluated(tmp_path):
   """The evaluation's error propagates, but the trained state is checkpointed first (no
   checkpoint was due at that step), and the rerun resumes from it."""
@@ -266,6 +269,7 @@ def test_a_failing_evaluation_keeps_the_state_it_evaluated(tmp_path):
   assert evaluated == [8]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_the_same_windows_as_an_uninterrupted_one(tmp_path):
   """Checkpoints between log lines carry the steps since the last line: the first line after a
   resume averages all of them, as the uninterrupted run's does."""
@@ -293,11 +297,13 @@ def _paired_metrics(shared, exclusive_hits=0):
           "valid/paired_retrieval/exclusive_y_to_x_hits": exclusive_hits}
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path):
   """docs/method.md §4: evaluations every epoch; earlier ones are logged but do not compete for best/."""
   from iiae_jax import input_pipeline
-  n = input_pipeline.make_train_input(tiny_train_config("digits_cdcb")).num_examples
-  config = tiny_train_config("digits_cdcb", batch_size=n // 2)       # 2 steps per epoch
+  config = tiny_train_config("digits_cdcb")
+  config.data.options.copies = 1                   # an epoch of 1,258 pairs, not 8 colourings of each
+  config.training.batch_size = input_pipeline.make_train_input(config).num_examples // 2   # 2 steps per epoch
   config.training.update(num_steps=0, num_epochs=4, eval_every_epochs=1, select_from_epoch=2,
                          checkpoint_every=1000)
   scores = {2: 0.9, 4: 0.5, 6: 0.7, 8: 0.6}       # the best overall (epoch 1) is too early
@@ -311,6 +317,7 @@ def test_the_best_checkpoint_is_chosen_from_epoch_select_from_epoch_on(tmp_path)
   assert checkpointing.Checkpoints(str(tmp_path / "best")).steps() == [6]
 
 
+@pytest.mark.slow
 def test_a_rerun_replaces_the_kept_best_only_with_a_better_one(tmp_path):
   """best/ can hold a step newer than the checkpoint a rerun resumes from (killed between the two
   saves): the rerun compares with best/'s own record, may reach that step again and score it a
@@ -369,6 +376,7 @@ def test_fault_mask_names_the_offending_sources():
   assert "step 17" in message and "data x" in message and "kl_zs" in message and "recon_y" not in message
 
 
+@pytest.mark.slow
 def test_resuming_with_a_different_config_is_refused_naming_the_fields(tmp_path):
   config = tiny_train_config("digits_zs", num_steps=2)
   _train(config, tmp_path)
@@ -430,6 +438,7 @@ def test_train_call_compiles_once_per_call_length_with_the_cpu_options_and_match
     np.testing.assert_allclose(out["options"][leaf], value, rtol=1e-6, atol=1e-7, err_msg=leaf)
 
 
+@pytest.mark.slow
 def test_a_best_checkpoint_lost_while_it_was_written_is_recovered_or_forgotten(tmp_path, caplog):
   """The best and the regular saves are independent: a kill can finish checkpoint S but not
   best/S. The resumed run (at S) writes best/S again from the restored state; a best step that
