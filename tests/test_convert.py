@@ -40,6 +40,8 @@ class _Imported:
     self._name = name
 
   def __getattr__(self, attribute):
+    if attribute.startswith("_"):   # pytest's collection probes objects for its private markers
+      raise AttributeError(attribute)
     return getattr(importlib.import_module(self._name), attribute)
 
 
