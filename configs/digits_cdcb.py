@@ -5,7 +5,7 @@
 
 X: the digit stroked in a palette colour on black; Y: the same digit in white
 on a palette background; 32x32, spatial shared latent (docs/method.md §3b, 3 stages).
-Runtime: about 4.5 minutes for both commands on a 2-core CPU (2,000 steps).
+Runtime: about 1.7 minutes for both commands on a 2-core CPU (2,000 steps).
 Expected (test, 359 pairs): shared paired retrieval 100% both ways, exclusive
 0-3 hits of 359; probes: y colour from z_y 1.00, digit from z_s ~0.87.
 """

@@ -6,7 +6,7 @@
 Sketch-like outlines (X, 256-d) and filled, coloured photos (Y, 432-d) of 7
 seen digit classes train the Sketchy feature model (docs/method.md §3a, joint shared
 posterior, batch = one pair per class); the 3 unseen classes are retrieved.
-Runtime: about 1.5 minutes for both commands on a 2-core CPU (3,000 steps).
+Runtime: about 45 seconds for both commands on a 2-core CPU (3,000 steps).
 Expected: seen classes mAP@all ~0.56, P@5 ~0.80; unseen mAP@all ~0.37, P@5
 ~0.37 (chance ~0.34: raw pixels barely transfer to new classes).
 """

@@ -42,8 +42,12 @@ def _paired(split: str, m: Dict[str, Any]) -> List[str]:
           f"| shared means (r^x vs r^y z_s) | **{_percent(m['shared_x_to_y'])}** | "
           f"**{_percent(m['shared_y_to_x'])}** |",
           f"| exclusive means (q z_x vs q z_y) | {_percent(m['exclusive_x_to_y'])} "
-          f"({m['exclusive_x_to_y_hits']} hits) | {_percent(m['exclusive_y_to_x'])} "
-          f"({m['exclusive_y_to_x_hits']} hits) |", ""]
+          f"({_hits(m['exclusive_x_to_y_hits'])}) | {_percent(m['exclusive_y_to_x'])} "
+          f"({_hits(m['exclusive_y_to_x_hits'])}) |", ""]
+
+
+def _hits(count: int) -> str:
+  return f"{count} hit" if count == 1 else f"{count} hits"
 
 
 def _zero_shot(split: str, entry: str, m: Dict[str, Any]) -> List[str]:
