@@ -113,7 +113,7 @@ def main():
 
 def print_trace(call, state, train_input, resident, args):
   """The XLA:CPU profile of the train call, per step (benchmarks/step_trace.py)."""
-  k = args.steps_per_call or make_config(args.model, 1, "float32").training.steps_per_call
+  k = args.steps_per_call or make_config(args.model).training.steps_per_call
   compiled = call.compile(state, train_input.host_inputs(0, k), resident)
   carry = {"state": state, "step": 0}
 

@@ -46,13 +46,15 @@ from iiae_jax.data import PairedData  # noqa: E402
 PEAKS = {"H100": (494.7, 989.4), "H200": (494.7, 989.4), "A100": (156.0, 312.0)}
 
 
-def make_config(name, steps_per_call, dtype):
+def make_config(name, steps_per_call=None, dtype="float32"):
+  """The recipe of configs/<name>.py (Sketchy on synthetic features); steps_per_call None: the recipe's."""
   import importlib
   config = importlib.import_module(f"configs.{name}").get_config()
   if name == "sketchy":
     config.data.name, config.data.options = "synthetic_sketchy", {}
   config.model.dtype = dtype
-  config.training.steps_per_call = steps_per_call
+  if steps_per_call is not None:
+    config.training.steps_per_call = steps_per_call
   return config
 
 
@@ -151,7 +153,7 @@ def run_worker(args):
 
 
 def _steps_per_call(name, value):
-  return int(value) if value != "recipe" else make_config(name, 1, "float32").training.steps_per_call
+  return int(value) if value != "recipe" else make_config(name).training.steps_per_call
 
 
 def _worker(name, args):
