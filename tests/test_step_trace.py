@@ -163,3 +163,11 @@ def test_unscoped_gradient_products_and_their_inputs_count_as_backward_not_as_th
   assert a["by_part"] == pytest.approx({"forward": 1.0, "backward": 6.0, "optimiser update": 1.0})
   assert a["by_layer"] == pytest.approx({("M/unscoped_products", "backward"): 5.0, ("M/layer", "backward"): 1.0,
                                          ("M/layer", "forward"): 1.0})
+
+
+def test_the_throughput_benchmark_times_each_model_at_its_recipes_steps_per_call():
+  from benchmarks import train_throughput
+  assert train_throughput._steps_per_call("sketchy", "recipe") == 10
+  assert train_throughput._steps_per_call("digits_cdcb", "recipe") == 1
+  assert train_throughput._steps_per_call("sketchy", "3") == 3
+  assert train_throughput.make_config("sketchy", 4).training.steps_per_call == 4
