@@ -164,30 +164,39 @@ def _conv_as_product_backward(residuals, g):
 conv_as_product.defvjp(_conv_as_product_forward, _conv_as_product_backward)
 
 
-class Conv(nn.Module):
-  """`nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME")`: the same parameters and outputs.
-
-  XLA's convolution, except for inputs of at most PRODUCT_CONV_MAX_CHANNELS
-  channels (`conv_as_product`).
-  """
+class _Strided4x4(nn.Module):
+  """A 4x4, stride-2 layer: kernel (4, 4, in, features) drawn N(0, 0.02), optional bias;
+  subclasses say how `apply_kernel` computes it."""
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
 
+  def apply_kernel(self, h, kernel):
+    raise NotImplementedError
+
   @nn.compact
   def __call__(self, h):
     kernel = self.param("kernel", conv_init, (4, 4, h.shape[-1], self.features), jnp.float32)
-    h, kernel = h.astype(self.dtype), kernel.astype(self.dtype)
-    if h.shape[-1] <= PRODUCT_CONV_MAX_CHANNELS:
-      out = conv_as_product(h, kernel)
-    else:
-      out = jax.lax.conv_general_dilated(h, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = self.apply_kernel(h.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       out = out + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(out.dtype)
     return out
 
 
-class ConvTranspose(nn.Module):
+class Conv(_Strided4x4):
+  """`nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME")`: the same parameters and outputs.
+
+  XLA's convolution, except for inputs of at most PRODUCT_CONV_MAX_CHANNELS
+  channels (`conv_as_product`).
+  """
+
+  def apply_kernel(self, h, kernel):
+    if h.shape[-1] <= PRODUCT_CONV_MAX_CHANNELS:
+      return conv_as_product(h, kernel)
+    return jax.lax.conv_general_dilated(h, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class ConvTranspose(_Strided4x4):
   """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`, computed fast.
 
   Same parameters (kernel (4, 4, in, out), optional bias) and the same outputs
@@ -197,17 +206,9 @@ class ConvTranspose(nn.Module):
   generic form convolves a zero-dilated input: 4x the multiply-adds, and on
   XLA:CPU its kernel gradient ran ~100x slower.
   """
-  features: int
-  use_bias: bool = True
-  dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, h):
-    kernel = self.param("kernel", conv_init, (4, 4, h.shape[-1], self.features), jnp.float32)
-    out = conv_transpose(h.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      out = out + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(out.dtype)
-    return out
+  def apply_kernel(self, h, kernel):
+    return conv_transpose(h, kernel)
 
 
 class PreNorm(nn.Module):

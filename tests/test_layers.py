@@ -30,21 +30,9 @@ def test_biases_feeding_a_batch_norm_get_exactly_zero_gradient():
 def test_conv_transpose_equals_flax_conv_transpose_with_its_gradients(shape, features, use_bias):
   import flax.linen as nn
   from iiae_jax.layers import ConvTranspose
-  x = jax.random.normal(jax.random.key(0), shape)
-  ours = ConvTranspose(features, use_bias=use_bias)
-  variables = ours.init(jax.random.key(1), x)
-  params = dict(variables["params"])
-  if use_bias:
-    params["bias"] = jax.random.normal(jax.random.key(2), (features,))
-  assert params["kernel"].shape == (4, 4, shape[-1], features)
-  reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias)
-  loss = lambda module: lambda p, v: jnp.sum(jnp.sin(module.apply({"params": p}, v)))
-  np.testing.assert_allclose(ours.apply({"params": params}, x), reference.apply({"params": params}, x),
-                             atol=1e-5)
-  g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-  g_ref = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, atol=1e-4)
+  _assert_equal_with_gradients(ConvTranspose(features, use_bias=use_bias),
+                               nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias),
+                               shape, features, use_bias)
 
 
 @pytest.mark.parametrize("shape,features,use_bias", [((2, 8, 8, 3), 4, True), ((2, 5, 7, 3), 3, False),
@@ -53,13 +41,19 @@ def test_conv_equals_flax_conv_with_its_gradients(shape, features, use_bias):
   """Both forms: the product (at most PRODUCT_CONV_MAX_CHANNELS input channels) and XLA's convolution."""
   import flax.linen as nn
   from iiae_jax.layers import Conv
+  _assert_equal_with_gradients(Conv(features, use_bias=use_bias),
+                               nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias),
+                               shape, features, use_bias)
+
+
+def _assert_equal_with_gradients(ours, reference, shape, features, use_bias):
+  """Our layer and flax's, with the same (4, 4, in, out) kernel and a random bias: equal outputs
+  and equal gradients with respect to the parameters and the input."""
   x = jax.random.normal(jax.random.key(0), shape)
-  ours = Conv(features, use_bias=use_bias)
   params = dict(ours.init(jax.random.key(1), x)["params"])
   if use_bias:
     params["bias"] = jax.random.normal(jax.random.key(2), (features,))
   assert params["kernel"].shape == (4, 4, shape[-1], features)
-  reference = nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias)
   loss = lambda module: lambda p, v: jnp.sum(jnp.sin(module.apply({"params": p}, v)))
   np.testing.assert_allclose(ours.apply({"params": params}, x), reference.apply({"params": params}, x),
                              atol=1e-5)
