@@ -16,9 +16,12 @@ Random images stand in for the data. Prints steps/s after a warm-up.
   python benchmarks/peers/torch_image_step.py [steps] [batch] [eager|compile] [--resolution=32|256]
 Needs torch (CPU build): pip install torch==2.13.0
 """
-import math, sys, time
+import math, os, sys
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import seconds_per_step  # noqa: E402
 
 # resolution: (exclusive_width, shared_width, decoder_width, exclusive_dim, latent grid,
 #              beta, reconstruction weight, KL annealing rate, default batch)
@@ -149,16 +152,9 @@ def main():
         return loss
     if mode == "compile":
         loss_and_grad = torch.compile(loss_and_grad)
-    warmup = min(30, max(3, steps // 2))
-    for s in range(steps + warmup):
-        if s == warmup:
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_and_grad(torch.tensor(float(s)))
-        opt.step()
-    dt = time.perf_counter() - t0
-    print(f"torch {mode}: {steps / dt:.2f} steps/s at batch {batch}, {resolution}x{resolution} "
-          f"({1000 * dt / steps:.2f} ms/step), loss {loss.item():.3f}")
+    dt, loss = seconds_per_step(loss_and_grad, opt, steps, warmup=min(30, max(3, steps // 2)))
+    print(f"torch {mode}: {1 / dt:.2f} steps/s at batch {batch}, {resolution}x{resolution} "
+          f"({1000 * dt:.2f} ms/step), loss {loss:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ would pick instead of iiae_jax; compare in the same run on the same machine.
 Needs torch (CPU build): pip install torch==2.13.0
 Usage: python benchmarks/peers/torch_zs_step.py [steps] [batch]
 """
-import sys, time, math
+import math, os, sys
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import seconds_per_step  # noqa: E402
 
 D, NEF, EX, SH, NDF, NCLS = 512, 128, 64, 64, 128, 100
 BETA, LAM, W, AR, CLIP = 0.5, 1.0, 10.0, 2000.0, 9.21035
@@ -79,15 +82,12 @@ def main():
     print("params", sum(p.numel() for p in model.parameters()))
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x, y = torch.randn(batch, D), torch.randn(batch, D)
-    for s in range(steps + 20):
-        if s == 20:
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = model(x, y, s)
+    def loss_and_grad(step):
+        loss = model(x, y, step)
         loss.backward()
-        opt.step()
-    dt = time.perf_counter() - t0
-    print(f"torch eager: {steps / dt:.1f} steps/s at batch {batch} ({1000 * dt / steps:.2f} ms/step), loss {loss.item():.3f}")
+        return loss
+    dt, loss = seconds_per_step(loss_and_grad, opt, steps, warmup=20)
+    print(f"torch eager: {1 / dt:.1f} steps/s at batch {batch} ({1000 * dt:.2f} ms/step), loss {loss:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ includes compilation. Compare in the same run on the same machine.
 Needs torch (CPU build) and a C++ compiler: pip install torch==2.13.0
 Usage: python benchmarks/peers/torch_zs_step_compiled.py [steps] [batch]
 """
-import os, sys, time
+import os, sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import seconds_per_step  # noqa: E402
 from torch_zs_step import IIAE, D  # noqa: E402
 
 
@@ -28,15 +29,8 @@ def main():
         loss.backward()
         return loss
 
-    warmup = 30
-    for s in range(steps + warmup):
-        if s == warmup:
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_and_grad(torch.tensor(float(s)))
-        opt.step()
-    dt = time.perf_counter() - t0
-    print(f"torch.compile: {steps / dt:.1f} steps/s at batch {batch} ({1000 * dt / steps:.2f} ms/step), loss {loss.item():.3f}")
+    dt, loss = seconds_per_step(loss_and_grad, opt, steps, warmup=30)
+    print(f"torch.compile: {1 / dt:.1f} steps/s at batch {batch} ({1000 * dt:.2f} ms/step), loss {loss:.3f}")
 
 
 if __name__ == "__main__":
